@@ -1,0 +1,1 @@
+"""Synthetic CRAV cohort with exact truth: anatomy in physical space, MR/CT rendering, DICOM export."""
