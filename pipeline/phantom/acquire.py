@@ -155,7 +155,7 @@ def acquire_study(p: ds.PatientDesign, study: ds.StudyDesign, si: int, col: an.C
         n = vol.shape[0]
         paths = namer.names(namer.series_dir(), n)
         write_series(paths, spec, sspec, geom, vol, per_slice_tags=per_slice,
-                     compress=role in profile.compress_roles, instance_offset=offset)
+                     compress=role in profile.compress_roles and (profile.name == "sample" or p.index % 3 == 2), instance_offset=offset)
         series.setdefault(role, suid)
         n_files += n
 

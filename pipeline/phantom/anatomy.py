@@ -70,18 +70,25 @@ class Blob:
     radii_mm: tuple[float, float, float]
     harmonics: tuple[tuple[float, float, float, float, float], ...] = ()  # (fx, fy, fz, phase, amp)
 
-    def inside(self, u: NDArray[np.float64], v: NDArray[np.float64], w: NDArray[np.float64],
-               scale: float = 1.0) -> Bool3:
-        du = (u - self.center_uvw_mm[0]) / (self.radii_mm[0] * scale)
-        dv = (v - self.center_uvw_mm[1]) / (self.radii_mm[1] * scale)
-        dw = (w - self.center_uvw_mm[2]) / (self.radii_mm[2] * scale)
+    def ratio(self, u: NDArray[np.float64], v: NDArray[np.float64], w: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Normalised radius over the perturbed boundary: a point is inside the blob scaled by ``s`` iff ratio <= s.
+
+        The boundary perturbation depends on direction only, so scaling the blob scales this ratio.
+        """
+        du = (u - self.center_uvw_mm[0]) / self.radii_mm[0]
+        dv = (v - self.center_uvw_mm[1]) / self.radii_mm[1]
+        dw = (w - self.center_uvw_mm[2]) / self.radii_mm[2]
         rho = np.sqrt(du * du + dv * dv + dw * dw)
         bound = np.ones_like(rho)
         if self.harmonics:
             inv = 1.0 / np.maximum(rho, 1e-6)
             for fx, fy, fz, ph, amp in self.harmonics:
                 bound += amp * np.cos((fx * du + fy * dv + fz * dw) * inv + ph)
-        return np.asarray(rho <= bound)
+        return np.asarray(rho / np.maximum(bound, 1e-3))
+
+    def inside(self, u: NDArray[np.float64], v: NDArray[np.float64], w: NDArray[np.float64],
+               scale: float = 1.0) -> Bool3:
+        return np.asarray(self.ratio(u, v, w) <= scale)
 
 
 def random_blob(rng: np.random.Generator, center: tuple[float, float, float],
@@ -105,6 +112,7 @@ class LesionGeometry:
     residual: Blob | None
     new_nodule: Blob | None
     covers_tumour: bool  # ablation zone includes the whole tumour (lesions without residual)
+    cache: dict[str, Bool3] = field(default_factory=dict, repr=False)  # fixed masks in the local box
 
 
 @dataclass(frozen=True)
@@ -297,21 +305,23 @@ def draw_treated(col: Column, lab: NDArray[np.uint8], vert: Vertebra, geom: Lesi
         if geom.epidural is not None:
             sub[geom.epidural.inside(u, v, w) & (canal_front | (sub == CORTEX))] = TUMOUR
         return TreatedMasks(box, body, empty, empty.copy(), empty.copy())
-    cement = np.zeros(body.shape, dtype=bool)
-    for blob in geom.cement_blobs:
-        cement |= blob.inside(u, v, w, geom.cement_scale)
-    j0_inner = body_shape(u, v, w, vert, vert.heights_mm, CORTEX_MM + 0.5)
-    cement &= j0_inner
-    abl = (_dist_mm(cement, col.spacing_mm) <= geom.ablation_margin_mm)
-    if geom.covers_tumour:
-        abl |= geom.tumour.inside(u, v, w)
-    abl &= inner & ~cement
+    if "cement" not in geom.cache:  # the cement and the ablated region do not move after J0
+        cement = np.zeros(body.shape, dtype=bool)
+        for blob in geom.cement_blobs:
+            cement |= blob.inside(u, v, w, geom.cement_scale)
+        cement &= body_shape(u, v, w, vert, vert.heights_mm, CORTEX_MM + 0.5)
+        ablated = _dist_mm(cement, col.spacing_mm) <= geom.ablation_margin_mm
+        if geom.covers_tumour:
+            ablated |= geom.tumour.inside(u, v, w)
+        geom.cache["cement"], geom.cache["ablated"] = cement, ablated
+    cement = geom.cache["cement"]
+    abl = geom.cache["ablated"] & inner & ~cement
     residual = np.zeros(body.shape, dtype=bool)
     allowed = (inner | canal_front) & ~cement & ~abl
     voxel_ml = col.spacing_mm**3 / 1000.0
     for blob, target in ((geom.residual, state.residual_ml), (geom.new_nodule, state.new_nodule_ml)):
         if blob is not None and target > 0:
-            scale = scale_for_volume(target, VolumeFn((blob,), u, v, w, allowed, voxel_ml))
+            scale = scale_for_volume(target, (blob,), u, v, w, allowed, voxel_ml)
             residual |= blob.inside(u, v, w, scale) & allowed
     sub[abl] = ABLATION
     if state.rim_mm > 0:
@@ -322,31 +332,19 @@ def draw_treated(col: Column, lab: NDArray[np.uint8], vert: Vertebra, geom: Lesi
     return TreatedMasks(box, body | cement, cement, abl, residual)
 
 
-def scale_for_volume(target_ml: float, volume_of_scale: "VolumeFn", lo: float = 0.05, hi: float = 3.0) -> float:
-    """Bisection on a monotone volume(scale) -> mL function."""
+def scale_for_volume(target_ml: float, blobs: tuple[Blob, ...], u: NDArray[np.float64], v: NDArray[np.float64],
+                     w: NDArray[np.float64], allowed: Bool3, voxel_ml: float) -> float:
+    """Smallest scale at which the union of ``blobs`` covers ``target_ml`` of the ``allowed`` region.
+
+    Exact on the fine grid: the union's ratio field is sorted once and the target voxel count read off.
+    """
     if target_ml <= 0:
         return 0.0
-    for _ in range(22):
-        mid = 0.5 * (lo + hi)
-        if volume_of_scale(mid) < target_ml:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
-
-
-class VolumeFn:
-    """Volume (mL) of a blob's allowed part as a function of its scale, for :func:`scale_for_volume`."""
-
-    def __init__(self, blobs: tuple[Blob, ...], u: NDArray[np.float64], v: NDArray[np.float64],
-                 w: NDArray[np.float64], allowed: Bool3, voxel_ml: float) -> None:
-        self.blobs, self.u, self.v, self.w, self.allowed, self.voxel_ml = blobs, u, v, w, allowed, voxel_ml
-
-    def __call__(self, scale: float) -> float:
-        m = np.zeros(self.allowed.shape, dtype=bool)
-        for b in self.blobs:
-            m |= b.inside(self.u, self.v, self.w, scale)
-        return float(np.count_nonzero(m & self.allowed)) * self.voxel_ml
+    ratio = np.min([b.ratio(u, v, w) for b in blobs], axis=0)[allowed]
+    n = int(round(target_ml / voxel_ml))
+    if n >= ratio.size:
+        raise ValueError(f"a blob of {target_ml:.2f} mL does not fit in its allowed region ({ratio.size * voxel_ml:.2f} mL)")
+    return float(np.partition(ratio, n - 1)[n - 1]) if n > 0 else 0.0
 
 
 def local_coords(col: Column, vert: Vertebra) -> tuple[tuple[slice, slice, slice], NDArray[np.float64],

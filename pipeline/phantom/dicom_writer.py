@@ -8,7 +8,10 @@ from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
+from pydicom.charset import convert_encodings
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
@@ -125,6 +128,34 @@ def _base_dataset(study: StudySpec, series: SeriesSpec) -> Dataset:
     return ds
 
 
+_ENCODINGS = convert_encodings(["ISO_IR 100"])
+
+
+def _encoded(ds: Dataset) -> dict[int, bytes]:
+    """Explicit-VR little-endian bytes of each top-level element, by tag."""
+    out = {}
+    for elem in ds:
+        fp = DicomBytesIO()
+        fp.is_little_endian = True
+        fp.is_implicit_VR = False
+        write_data_element(fp, elem, _ENCODINGS)
+        out[int(elem.tag)] = fp.getvalue()
+    return out
+
+
+def _file_bytes(meta: FileMetaDataset, static: dict[int, bytes], ds: Dataset) -> bytes:
+    """A Part 10 file from cached static element bytes plus this instance's own elements.
+
+    Same bytes as ``dcmwrite`` writes, ~8x faster for series whose headers differ in a few elements.
+    """
+    fp = DicomBytesIO()
+    fp.is_little_endian = True
+    fp.is_implicit_VR = False
+    write_file_meta_info(fp, meta, enforce_standard=True)
+    elements = {**static, **_encoded(ds)}
+    return b"\x00" * 128 + b"DICM" + fp.getvalue() + b"".join(elements[t] for t in sorted(elements))
+
+
 def write_series(out_paths: list[Path], study: StudySpec, series: SeriesSpec, geom: Geometry,
                  volume: NDArray[np.float64], *, per_slice_tags: list[dict[str, object]] | None = None,
                  compress: bool = False, instance_offset: int = 0) -> list[str]:
@@ -158,9 +189,11 @@ def write_series(out_paths: list[Path], study: StudySpec, series: SeriesSpec, ge
             base.RescaleSlope = slope
             base.RescaleType = "US"
     sop_uids = []
+    static = _encoded(base)
     for k, path in enumerate(out_paths):
         ds = Dataset()
-        ds.update(base)
+        if compress:
+            ds.update(base)
         slice_idx = k % geom.n_slices
         sop = uid(series.series_uid, "sop", instance_offset + k)
         ds.SOPInstanceUID = sop
@@ -172,17 +205,19 @@ def write_series(out_paths: list[Path], study: StudySpec, series: SeriesSpec, ge
         if per_slice_tags is not None:
             for key, value in per_slice_tags[k].items():
                 setattr(ds, key, value)
-        ds.PixelData = stored[k].tobytes()
+        ds.add_new(0x7FE00010, "OW", stored[k].tobytes())
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = sop_class
         meta.MediaStorageSOPInstanceUID = sop
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         meta.ImplementationClassUID = IMPLEMENTATION_UID
         meta.ImplementationVersionName = "CRAV_PHANTOM_1"
-        ds.file_meta = meta
-        if compress:
-            ds.compress(RLELossless, stored[k], encoding_plugin="pydicom")
         path.parent.mkdir(parents=True, exist_ok=True)
-        ds.save_as(path, enforce_file_format=True)
+        if compress:
+            ds.file_meta = meta
+            ds.compress(RLELossless, stored[k], encoding_plugin="pydicom", generate_instance_uid=False)
+            ds.save_as(path, enforce_file_format=True)
+        else:
+            path.write_bytes(_file_bytes(meta, static, ds))
         sop_uids.append(sop)
     return sop_uids

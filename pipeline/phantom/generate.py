@@ -70,7 +70,7 @@ def _lesion_geometry(rng: np.random.Generator, col: an.Column, vert: an.Vertebra
     box, u, v, w = an.local_coords(col, vert)
     allowed = an.body_shape(u, v, w, vert, vert.heights_mm, an.CORTEX_MM + 0.5)
     voxel_ml = col.spacing_mm**3 / 1000.0
-    cement_scale = an.scale_for_volume(d.cement_ml, an.VolumeFn(tuple(blobs), u, v, w, allowed, voxel_ml))
+    cement_scale = an.scale_for_volume(d.cement_ml, tuple(blobs), u, v, w, allowed, voxel_ml)
     residual = None
     if d.j0_residual_ml > 0:
         residual = an.random_blob(rng, (-side * 0.5 * w2, (0.95 if d.epidural else 0.55) * d2,

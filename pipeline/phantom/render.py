@@ -90,18 +90,25 @@ def label_fractions(geom: Geometry, labels: NDArray[np.uint8], col: an.Column, r
             for e in (np.arange(sub[2]) + 0.5) / sub[2] - 0.5:
                 offs.append(a * pc * r + b * pr * c + e * geom.slice_thickness_mm * n)
     offsets = np.array(offs)  # (S, 3)
+    # fine-grid index is affine in the scanner point: idx = (P - t) R / h - origin / h
+    a = rot / col.spacing_mm
+    b = -(trans @ rot) / col.spacing_mm - col.origin_mm / col.spacing_mm
     jj, ii = np.meshgrid(np.arange(geom.rows), np.arange(geom.cols), indexing="ij")
-    inplane = ii[..., None] * pc * r + jj[..., None] * pr * c  # (rows, cols, 3)
+    inplane = ((ii[..., None] * pc * r + jj[..., None] * pr * c) @ a).astype(np.float32)  # (rows, cols, 3)
+    off = (offsets @ a).astype(np.float32)  # (S, 3)
     out = np.empty((geom.n_slices, geom.rows, geom.cols, an.N_LABELS), np.float32)
-    shape = np.array(col.shape)
+    nx, ny, nz = col.shape
+    flat_labels = labels.ravel()
     npix = geom.rows * geom.cols
+    pix_base = np.arange(npix, dtype=np.int64)[:, None] * an.N_LABELS
     for k in range(geom.n_slices):
-        pts = geom.position(k) + inplane[:, :, None, :] + offsets[None, None, :, :]  # (rows, cols, S, 3)
-        p = (pts - trans) @ rot  # R^T (P - t) for row vectors
-        idx = np.rint((p - col.origin_mm) / col.spacing_mm).astype(np.int32)
-        np.clip(idx, 0, shape - 1, out=idx)
-        lab = labels[idx[..., 0], idx[..., 1], idx[..., 2]]  # (rows, cols, S)
-        flat = np.arange(npix, dtype=np.int64)[:, None] * an.N_LABELS + lab.reshape(npix, -1)
+        origin_idx = (geom.position(k) @ a + b).astype(np.float32)
+        idx = np.rint(inplane[:, :, None, :] + (off + origin_idx)[None, None]).astype(np.int32)
+        ix = np.clip(idx[..., 0], 0, nx - 1)
+        iy = np.clip(idx[..., 1], 0, ny - 1)
+        iz = np.clip(idx[..., 2], 0, nz - 1)
+        lab = flat_labels[(ix.astype(np.int64) * ny + iy) * nz + iz]  # (rows, cols, S)
+        flat = pix_base + lab.reshape(npix, -1)
         counts = np.bincount(flat.ravel(), minlength=npix * an.N_LABELS)
         out[k] = (counts.reshape(geom.rows, geom.cols, an.N_LABELS) / offsets.shape[0]).astype(np.float32)
     return out
@@ -126,9 +133,9 @@ def bias_field(geom: Geometry, rng: np.random.Generator, amplitude: float = 0.12
 
 def rician(signal: F64, sigma: float, rng: np.random.Generator) -> F64:
     """Magnitude of a complex signal with Gaussian noise of standard deviation ``sigma`` per channel."""
-    re = signal + rng.normal(0, sigma, signal.shape)
-    im = rng.normal(0, sigma, signal.shape)
-    return np.sqrt(re * re + im * im)
+    re = signal.astype(np.float32) + np.float32(sigma) * rng.standard_normal(signal.shape, dtype=np.float32)
+    im = np.float32(sigma) * rng.standard_normal(signal.shape, dtype=np.float32)
+    return np.sqrt(re * re + im * im).astype(np.float64)
 
 
 def dce_curves(params: F64, times_s: F64, injection_s: float, tr_ms: float, flip_deg: float,

@@ -1,0 +1,263 @@
+"""``crav``: argument parsing and nothing else.
+
+Exit codes: 0 everything went well; 1 the command finished but something needs a look
+(a quarantined file, an indeterminate lesion...); 2 usage error (bad option, missing input).
+Expected errors print one line on stderr, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
+
+EXIT_OK = 0
+EXIT_PROBLEMS = 1
+EXIT_USAGE = 2
+
+_DESCRIPTION = """\
+Imaging follow-up of spinal tumours treated by radiofrequency ablation and vertebroplasty
+(CRAV): reads a PACS export folder, assigns each study to a visit, segments cement, treated
+vertebra, ablation zone and residual enhancing tissue, measures them and classifies each
+treated lesion (local control / local failure / indeterminate). See README.md.
+
+Exit codes: 0 all went well; 1 finished, but something needs a look (a quarantined file,
+an indeterminate lesion); 2 usage error (bad option, missing input)."""
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for: printed as one line, exit code 2."""
+
+
+# ---------------------------------------------------------------- helpers
+
+def _existing_dir(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise UsageError(f"{what} {path} does not exist")
+    if not path.is_dir():
+        raise UsageError(f"{what} {path} is not a folder")
+    return path
+
+
+def _existing_file(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise UsageError(f"{what} {path} does not exist")
+    if not path.is_file():
+        raise UsageError(f"{what} {path} is not a file")
+    return path
+
+
+def _import(module: str, command: str) -> ModuleType:
+    """Import a pipeline module lazily (keeps ``crav --help`` fast and free of Prefect)."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and module.startswith(exc.name):
+            raise UsageError(f"'crav {command}' is not available: module {module} is not installed") from exc
+        raise
+
+
+def _check_settings(path: Path | None) -> None:
+    """Load the settings file now so a typo is a clean usage error, not a failure mid-run."""
+    if path is None:
+        return
+    _existing_file(path, "settings file")
+    from pipeline.settings import load_settings
+
+    try:
+        load_settings(path)
+    except (ValueError, TypeError) as exc:  # tomllib.TOMLDecodeError is a ValueError
+        raise UsageError(f"settings file {path}: {exc}") from exc
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _is_within(inner: Path, outer: Path) -> bool:
+    inner, outer = inner.resolve(), outer.resolve()
+    return inner == outer or outer in inner.parents
+
+
+# ---------------------------------------------------------------- commands
+
+def _cmd_phantom(args: argparse.Namespace) -> int:
+    if args.sample and (args.patients is not None or args.seed is not None):
+        raise UsageError("--sample takes neither --patients nor --seed")
+    if not args.sample and (args.patients is None or args.seed is None):
+        raise UsageError("give either --sample, or both --patients N and --seed S")
+    generate = _import("pipeline.phantom.generate", "phantom")
+    out: Path = args.out
+    if args.sample:
+        generate.generate_sample(out)
+    else:
+        generate.generate_cohort(out, args.patients, args.seed)
+    print(f"phantom cohort written to {out} (DICOM export, treatments.csv, truth.json, truth/)")
+    return EXIT_OK
+
+
+def _cmd_scan(args: argparse.Namespace) -> int:
+    _existing_dir(args.input, "input folder")
+    _check_settings(args.settings)
+    scan = _import("pipeline.ingest.scan", "scan")
+    catalog_mod = _import("pipeline.ingest.catalog", "scan")
+    from pipeline.settings import load_settings
+
+    settings = load_settings(args.settings)
+    try:
+        catalog = catalog_mod.Catalog.open(args.catalog)
+    except ValueError as exc:  # not a SQLite URL
+        raise UsageError(f"--catalog {args.catalog}: {exc}") from exc
+    try:
+        report = scan.scan_export(args.input, catalog, quiet_period_s=settings.quiet_period_s)
+    finally:
+        catalog.close()
+    counts = ("new", "changed", "unchanged", "deleted", "indexed", "ignored", "quarantined", "arriving")
+    print(f"scanned {args.input}: " + ", ".join(f"{getattr(report, k, 0)} {k}" for k in counts))
+    changed = getattr(report, "changed_patients", None)
+    if changed:
+        print(f"patients with new or changed files: {len(changed)}")
+    quarantined = getattr(report, "quarantined", 0)
+    if quarantined:
+        where = "in the catalog" if args.catalog != ":memory:" else "in a catalog kept with --catalog FILE"
+        print(f"{quarantined} file(s) quarantined; their reasons are {where}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    input_dir: Path = _existing_dir(args.input, "input folder")
+    output_dir: Path = args.output
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UsageError(f"output {output_dir} exists and is not a folder")
+    if _is_within(output_dir, input_dir):
+        raise UsageError(f"output folder {output_dir} must not be inside the input folder {input_dir} "
+                         "(its DICOM SEG/SR files would be read back as input)")
+    registry: Path | None = args.registry
+    if registry is not None:
+        _existing_file(registry, "registry")
+    elif not (input_dir / "treatments.csv").is_file():
+        raise UsageError(f"no treatments.csv at the root of {input_dir}; "
+                         "give the registry with --registry FILE")
+    _check_settings(args.settings)
+    crav_flow = _import("flows.crav_flow", "run")
+    code = crav_flow.run_export(
+        input_dir=input_dir,
+        output_dir=output_dir,
+        registry=registry,
+        patients=args.patient or None,
+        force=args.force,
+        settings_path=args.settings,
+    )
+    return int(code)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    _existing_file(args.truth, "truth file")
+    _existing_dir(args.results, "results folder")
+    from pipeline.evaluate import evaluate, format_report
+
+    try:
+        report = evaluate(args.truth, args.results)
+    except ValueError as exc:  # truth.json is not what the generator writes
+        raise UsageError(str(exc)) from exc
+    print(format_report(report))
+    if args.json is not None:
+        from pipeline.outputs.tables import write_json
+
+        write_json(args.json, report.as_dict())
+        print(f"\nJSON report written to {args.json}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``crav`` argument parser (one sub-parser per command)."""
+    parser = argparse.ArgumentParser(
+        prog="crav", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "phantom", help="generate a synthetic cohort with exact truth",
+        description="Write a synthetic CRAV cohort: a DICOM export folder, treatments.csv, truth.json "
+                    "and truth masks. Either a cohort of N patients from a seed, or the small sample.")
+    p.add_argument("--patients", type=_positive_int, metavar="N", help="number of patients to generate")
+    p.add_argument("--seed", type=int, metavar="S", help="random seed (same seed, same cohort)")
+    p.add_argument("--sample", action="store_true",
+                   help="write the small sample cohort shipped as sample_dicom/ (ignores N and S)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write the cohort into")
+    p.set_defaults(func=_cmd_phantom)
+
+    p = sub.add_parser(
+        "scan", help="index a DICOM export folder into the catalog",
+        description="Read the headers of every file under an export folder, record each series, its role "
+                    "and the reason, and report ignored and quarantined files. Files modified during the "
+                    "quiet period (setting quiet_period_s) are left for the next scan.")
+    p.add_argument("--input", type=Path, required=True, metavar="DIR", help="PACS export folder")
+    p.add_argument("--catalog", default=":memory:", metavar="URL",
+                   help="catalog location: sqlite:///path/catalog.db or a plain file path "
+                        "(default: in memory, nothing kept between scans)")
+    p.add_argument("--settings", type=Path, metavar="TOML", help="TOML file overriding settings")
+    p.set_defaults(func=_cmd_scan)
+
+    p = sub.add_parser(
+        "run", help="process an export folder and write the results",
+        description="Process every registry lesion found in the export folder: visits, segmentation, "
+                    "measurements, classification; write lesions.csv, measurements.csv, cohort_summary "
+                    "and patients/<id>/ (SPEC.md section 6). Unchanged inputs are not recomputed. "
+                    "Exit code 1 when the run finished but some file or lesion needs a look.")
+    p.add_argument("--input", type=Path, required=True, metavar="DIR", help="PACS export folder")
+    p.add_argument("--output", type=Path, required=True, metavar="DIR",
+                   help="results folder (created when missing; must not be inside the input folder)")
+    p.add_argument("--registry", type=Path, metavar="FILE",
+                   help="treatments.csv (default: treatments.csv at the root of the input folder)")
+    p.add_argument("--patient", action="extend", nargs="+", metavar="ID",
+                   help="process only these PatientIDs (repeatable)")
+    p.add_argument("--force", action="store_true", help="recompute even when the inputs are unchanged")
+    p.add_argument("--settings", type=Path, metavar="TOML",
+                   help="TOML file overriding settings (names as in pipeline/settings.py)")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser(
+        "evaluate", help="compare results with a phantom's truth",
+        description="Compare a results folder with a phantom truth.json (and its truth/ masks): outcome "
+                    "accuracy and confusion matrix, j0_residual, visit assignment, volume and height "
+                    "errors, Dice per structure, missing rows.")
+    p.add_argument("--truth", type=Path, required=True, metavar="FILE",
+                   help="truth.json written by crav phantom")
+    p.add_argument("--results", type=Path, required=True, metavar="DIR", help="output folder of crav run")
+    p.add_argument("--json", type=Path, metavar="OUT", help="also write the report as JSON to OUT")
+    p.set_defaults(func=_cmd_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``crav`` console script; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) and argparse usage errors (2)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except UsageError as exc:
+        print(f"crav {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"crav {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,399 @@
+"""Compare a results folder with the phantom's exact truth (``truth.json`` + truth masks).
+
+Lesion rows are matched by ``lesion_id``; visit rows by ``lesion_id`` + ``timepoint``
+(``UNSCHEDULED`` rows by ``lesion_id`` + ``study_date``, as a lesion may have several).
+Accuracies count a matched pair whose prediction is empty as wrong; missing and unexpected
+rows are counted apart. Errors are computed over pairs where both sides hold a number.
+
+Example
+-------
+>>> report = evaluate(Path("sample_dicom/truth.json"), Path("out/demo"))  # doctest: +SKIP
+>>> print(format_report(report))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from pipeline.outputs.paths import SAFE_COMPONENT, safe_path_component
+
+__all__ = ["Accuracy", "DiceStat", "ErrorStat", "EvaluationReport", "evaluate", "format_report"]
+
+log = logging.getLogger(__name__)
+
+OUTCOMES: tuple[str, ...] = ("local_control", "local_failure", "indeterminate")
+STRUCTURES: tuple[str, ...] = ("vertebra", "cement", "residual", "ablation")
+VISIT_ERRORS: tuple[tuple[str, str], ...] = (
+    ("residual_enhancing_volume_ml", "mL"), ("cement_volume_ml", "mL"), ("ablation_zone_volume_ml", "mL"),
+    ("height_anterior_mm", "mm"), ("height_middle_mm", "mm"), ("height_posterior_mm", "mm"),
+    ("height_loss_pct", "%"),
+)
+HEIGHTS = ("height_anterior_mm", "height_middle_mm", "height_posterior_mm")
+LESION_ERRORS: tuple[tuple[str, str], ...] = (("j0_residual_volume_ml", "mL"), ("max_height_loss_pct", "%"))
+NA = "n/a (0 pairs)"
+
+
+@dataclass
+class Accuracy:
+    """Agreement on a categorical value over matched pairs."""
+
+    correct: int = 0
+    total: int = 0
+    unknown: int = 0  # pairs where the pipeline left the value empty (counted wrong)
+
+    def add(self, truth: Any, predicted: Any) -> None:
+        if truth is None:
+            return
+        self.total += 1
+        if predicted is None:
+            self.unknown += 1
+        elif truth == predicted:
+            self.correct += 1
+
+    @property
+    def value(self) -> float | None:
+        return self.correct / self.total if self.total else None
+
+    def __str__(self) -> str:
+        if not self.total:
+            return NA
+        extra = f", {self.unknown} left empty" if self.unknown else ""
+        return f"{self.value:.1%} ({self.correct}/{self.total}{extra})"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "correct": self.correct, "total": self.total, "unknown": self.unknown}
+
+
+@dataclass
+class ErrorStat:
+    """Absolute errors |pipeline - truth| of one quantity."""
+
+    unit: str
+    errors: list[float] = field(default_factory=list)
+
+    def add(self, truth: float | None, predicted: float | None) -> None:
+        if truth is not None and predicted is not None:
+            self.errors.append(abs(predicted - truth))
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.errors) if self.errors else None
+
+    @property
+    def maximum(self) -> float | None:
+        return max(self.errors) if self.errors else None
+
+    def __str__(self) -> str:
+        if not self.errors:
+            return NA
+        return (f"median {self.median:.3f} {self.unit}, max {self.maximum:.3f} {self.unit} "
+                f"({len(self.errors)} pairs)")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"unit": self.unit, "median_abs_error": self.median, "max_abs_error": self.maximum,
+                "pairs": len(self.errors)}
+
+
+@dataclass
+class DiceStat:
+    """Dice of one structure over the visits where both masks exist."""
+
+    values: list[float] = field(default_factory=list)
+    both_empty: int = 0  # both masks empty: agreement, left out of the Dice figures
+    missing: int = 0  # a truth mask with no pipeline mask beside it
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.values) if self.values else None
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.values) if self.values else None
+
+    @property
+    def minimum(self) -> float | None:
+        return min(self.values) if self.values else None
+
+    def __str__(self) -> str:
+        if not self.values:
+            text = NA
+        else:
+            text = (f"mean {self.mean:.3f}, median {self.median:.3f}, min {self.minimum:.3f} "
+                    f"({len(self.values)} pairs)")
+        notes = [f"{self.both_empty} both empty"] if self.both_empty else []
+        notes += [f"{self.missing} missing"] if self.missing else []
+        return text + (f"; {', '.join(notes)}" if notes else "")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean, "median": self.median, "min": self.minimum, "pairs": len(self.values),
+                "both_empty": self.both_empty, "missing": self.missing}
+
+
+@dataclass
+class EvaluationReport:
+    """Everything :func:`evaluate` measured; ``as_dict()`` for JSON, :func:`format_report` for a person."""
+
+    truth_json: Path
+    results_dir: Path
+    n_truth_lesions: int = 0
+    n_result_lesions: int = 0
+    outcome: Accuracy = field(default_factory=Accuracy)
+    confusion: dict[str, dict[str, int]] = field(
+        default_factory=lambda: {t: dict.fromkeys(OUTCOMES, 0) for t in OUTCOMES})
+    j0_residual: Accuracy = field(default_factory=Accuracy)
+    height_loss: Accuracy = field(default_factory=Accuracy)
+    baseline_fracture: Accuracy = field(default_factory=Accuracy)
+    failure_timepoint: Accuracy = field(default_factory=Accuracy)  # over lesions both sides call failed
+    visit_assignment: Accuracy = field(default_factory=Accuracy)
+    errors: dict[str, ErrorStat] = field(default_factory=dict)
+    dice: dict[str, DiceStat] = field(default_factory=lambda: {s: DiceStat() for s in STRUCTURES})
+    missing: dict[str, int] = field(default_factory=lambda: {
+        "lesion_rows_missing": 0, "lesion_rows_unexpected": 0,
+        "visit_rows_missing": 0, "visit_rows_unexpected": 0, "masks_missing": 0})
+    problems: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "truth_json": str(self.truth_json), "results_dir": str(self.results_dir),
+            "n_truth_lesions": self.n_truth_lesions, "n_result_lesions": self.n_result_lesions,
+            "outcome_accuracy": self.outcome.as_dict(),
+            "outcome_confusion": {"rows_truth_columns_pipeline": list(OUTCOMES), "matrix": self.confusion},
+            "j0_residual_accuracy": self.j0_residual.as_dict(),
+            "height_loss_accuracy": self.height_loss.as_dict(),
+            "baseline_fracture_accuracy": self.baseline_fracture.as_dict(),
+            "failure_timepoint_accuracy": self.failure_timepoint.as_dict(),
+            "visit_assignment_accuracy": self.visit_assignment.as_dict(),
+            "errors": {k: v.as_dict() for k, v in self.errors.items()},
+            "dice": {k: v.as_dict() for k, v in self.dice.items()},
+            "missing": dict(self.missing),
+            "problems": list(self.problems),
+        }
+
+
+# ---------------------------------------------------------------- value parsing
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None for empty / null / NaN / text."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _boolean(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if value is not None else ""
+    return {"true": True, "false": False, "1": True, "0": False}.get(text)
+
+
+def _text(value: Any) -> str | None:
+    text = "" if value is None else str(value).strip()
+    return text or None
+
+
+def _read_csv(path: Path, problems: list[str]) -> list[dict[str, str]]:
+    if not path.is_file():
+        problems.append(f"{path.name}: missing from the results folder")
+        return []
+    with path.open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _visit_key(lesion_id: str, timepoint: str | None, study_date: str | None) -> tuple[str, str, str]:
+    tp = timepoint or ""
+    return (lesion_id, tp, (study_date or "") if tp == "UNSCHEDULED" else "")
+
+
+# ---------------------------------------------------------------- masks
+
+def _dice(truth_path: Path, pred_path: Path) -> float | None:
+    """Dice of the pipeline mask resampled (nearest neighbour, physical space) onto the truth grid."""
+    truth = sitk.ReadImage(str(truth_path))
+    pred = sitk.ReadImage(str(pred_path))
+    pred_on_truth = sitk.Resample(pred, truth, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0,
+                                  pred.GetPixelID())
+    a = sitk.GetArrayViewFromImage(truth) > 0
+    b = sitk.GetArrayViewFromImage(pred_on_truth) > 0
+    size = int(a.sum()) + int(b.sum())
+    if size == 0:
+        return None
+    return 2.0 * int(np.logical_and(a, b).sum()) / size
+
+
+def _component_candidates(text: str) -> list[str]:
+    names = [text] if SAFE_COMPONENT.match(text) and text not in (".", "..") else []
+    safe = safe_path_component(text)
+    return names + ([safe] if safe not in names else [])
+
+
+def _first_dir(parent: Path, text: str) -> Path | None:
+    for name in _component_candidates(text):
+        if (parent / name).is_dir():
+            return parent / name
+    return None
+
+
+def _evaluate_masks(report: EvaluationReport, truth_root: Path, results_dir: Path,
+                    lesions: Sequence[Mapping[str, Any]]) -> None:
+    for les in lesions:
+        lesion_id, patient_id = str(les.get("lesion_id", "")), str(les.get("patient_id", ""))
+        truth_lesion = _first_dir(truth_root, lesion_id)
+        if truth_lesion is None:
+            continue
+        patient_dir = _first_dir(results_dir / "patients", patient_id)
+        pred_lesion = _first_dir(patient_dir, lesion_id) if patient_dir else None
+        for visit_dir in sorted(p for p in truth_lesion.iterdir() if p.is_dir()):
+            for structure in STRUCTURES:
+                truth_mask = visit_dir / f"{structure}.nii.gz"
+                if not truth_mask.is_file():
+                    continue
+                pred_mask = (pred_lesion / visit_dir.name / f"{structure}.nii.gz") if pred_lesion else None
+                stat = report.dice[structure]
+                if pred_mask is None or not pred_mask.is_file():
+                    stat.missing += 1
+                    report.missing["masks_missing"] += 1
+                    continue
+                try:
+                    value = _dice(truth_mask, pred_mask)
+                except RuntimeError as exc:  # SimpleITK's error for unreadable files
+                    report.problems.append(f"{pred_mask.relative_to(results_dir)}: unreadable ({exc})")
+                    continue
+                if value is None:
+                    stat.both_empty += 1
+                else:
+                    stat.values.append(value)
+
+
+# ---------------------------------------------------------------- main entry
+
+def evaluate(truth_json: Path, results_dir: Path) -> EvaluationReport:
+    """Compare ``results_dir`` (a ``crav run`` output folder) with a phantom ``truth.json``.
+
+    Parameters
+    ----------
+    truth_json
+        The generator's truth file; truth masks are read from ``truth/`` beside it.
+    results_dir
+        Folder holding ``lesions.csv``, ``measurements.csv`` and ``patients/``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``truth_json`` or ``results_dir`` does not exist.
+    ValueError
+        If ``truth_json`` is not JSON with a ``lesions`` list.
+    """
+    truth_json, results_dir = Path(truth_json), Path(results_dir)
+    if not truth_json.is_file():
+        raise FileNotFoundError(f"truth file {truth_json} does not exist")
+    if not results_dir.is_dir():
+        raise FileNotFoundError(f"results folder {results_dir} does not exist")
+    try:
+        truth = json.loads(truth_json.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ValueError(f"truth file {truth_json} is not valid JSON: {exc}") from exc
+    if not isinstance(truth, dict) or not isinstance(truth.get("lesions"), list):
+        raise ValueError(f"truth file {truth_json} has no 'lesions' list")
+
+    report = EvaluationReport(truth_json=truth_json, results_dir=results_dir)
+    report.errors = {name: ErrorStat(unit) for name, unit in (*LESION_ERRORS, *VISIT_ERRORS)}
+    report.errors["heights_all_mm"] = ErrorStat("mm")
+    lesions: list[dict[str, Any]] = [les for les in truth["lesions"] if isinstance(les, dict)]
+    report.n_truth_lesions = len(lesions)
+
+    lesion_rows = _read_csv(results_dir / "lesions.csv", report.problems)
+    pred_lesions = {r.get("lesion_id", ""): r for r in lesion_rows}
+    report.n_result_lesions = len(pred_lesions)
+    pred_visits: dict[tuple[str, str, str], dict[str, str]] = {}
+    for r in _read_csv(results_dir / "measurements.csv", report.problems):
+        pred_visits.setdefault(_visit_key(r.get("lesion_id", ""), r.get("timepoint"), r.get("study_date")), r)
+
+    truth_ids = {str(les.get("lesion_id", "")) for les in lesions}
+    report.missing["lesion_rows_unexpected"] = len(set(pred_lesions) - truth_ids)
+    truth_visit_keys: set[tuple[str, str, str]] = set()
+    for les in lesions:
+        lesion_id = str(les.get("lesion_id", ""))
+        pred = pred_lesions.get(lesion_id)
+        if pred is None:
+            report.missing["lesion_rows_missing"] += 1
+        else:
+            _compare_lesion(report, les, pred)
+        for visit in les.get("visits") or []:
+            key = _visit_key(lesion_id, _text(visit.get("timepoint")), _text(visit.get("study_date")))
+            truth_visit_keys.add(key)
+            pred_visit = pred_visits.get(key)
+            report.visit_assignment.add(
+                _text(visit.get("study_date")), _text(pred_visit.get("study_date")) if pred_visit else None)
+            if pred_visit is None:
+                report.missing["visit_rows_missing"] += 1
+                continue
+            for name, _unit in VISIT_ERRORS:
+                report.errors[name].add(_number(visit.get(name)), _number(pred_visit.get(name)))
+            for name in HEIGHTS:
+                report.errors["heights_all_mm"].add(_number(visit.get(name)), _number(pred_visit.get(name)))
+    report.missing["visit_rows_unexpected"] = len(set(pred_visits) - truth_visit_keys)
+    _evaluate_masks(report, truth_json.parent / "truth", results_dir, lesions)
+    return report
+
+
+def _compare_lesion(report: EvaluationReport, truth: Mapping[str, Any], pred: Mapping[str, str]) -> None:
+    t_outcome, p_outcome = _text(truth.get("outcome")), _text(pred.get("outcome"))
+    report.outcome.add(t_outcome, p_outcome)
+    if t_outcome in OUTCOMES and p_outcome in OUTCOMES:
+        report.confusion[t_outcome][p_outcome] += 1
+    elif t_outcome is not None:
+        report.problems.append(f"lesion {truth.get('lesion_id')!r}: outcome {t_outcome!r} vs {p_outcome!r} "
+                               "left out of the confusion matrix")
+    for name, acc in (("j0_residual", report.j0_residual), ("height_loss", report.height_loss),
+                      ("baseline_fracture", report.baseline_fracture)):
+        acc.add(_boolean(truth.get(name)), _boolean(pred.get(name)))
+    if t_outcome == "local_failure" and p_outcome == "local_failure":
+        report.failure_timepoint.add(_text(truth.get("failure_timepoint")),
+                                     _text(pred.get("failure_timepoint")))
+    for name, _unit in LESION_ERRORS:
+        report.errors[name].add(_number(truth.get(name)), _number(pred.get(name)))
+
+
+# ---------------------------------------------------------------- for a person
+
+def format_report(report: EvaluationReport) -> str:
+    """The report as a plain-text table for a person."""
+    rows: list[tuple[str, str]] = [
+        ("lesions (truth / results)", f"{report.n_truth_lesions} / {report.n_result_lesions}"),
+        ("outcome accuracy", str(report.outcome)),
+        ("j0_residual accuracy", str(report.j0_residual)),
+        ("height_loss accuracy", str(report.height_loss)),
+        ("baseline_fracture accuracy", str(report.baseline_fracture)),
+        ("failure_timepoint (both failed)", str(report.failure_timepoint)),
+        ("visit assignment (study_date)", str(report.visit_assignment)),
+    ]
+    rows += [(f"|error| {name}", str(stat)) for name, stat in report.errors.items()]
+    rows += [(f"Dice {name}", str(stat)) for name, stat in report.dice.items()]
+    rows += [(name.replace("_", " "), str(count)) for name, count in report.missing.items()]
+    width = max(len(name) for name, _ in rows)
+    lines = [f"Evaluation of {report.results_dir} against {report.truth_json}", ""]
+    lines += [f"{name.ljust(width)}  {value}" for name, value in rows]
+    col = max(len(o) for o in OUTCOMES)
+    lines += ["", "Outcome confusion matrix (rows: truth, columns: pipeline)",
+              " " * col + "  " + "  ".join(o.rjust(col) for o in OUTCOMES)]
+    for t in OUTCOMES:
+        cells = "  ".join(str(report.confusion[t][p]).rjust(col) for p in OUTCOMES)
+        lines.append(f"{t.ljust(col)}  {cells}")
+    if report.problems:
+        lines += ["", f"{len(report.problems)} problem(s):", *(f"  - {p}" for p in report.problems)]
+    return "\n".join(lines)

@@ -1,0 +1,172 @@
+"""crav: help for each command, usage errors exit 2, expected errors are one clean line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline import cli
+
+COMMANDS = ["phantom", "scan", "run", "evaluate"]
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_top_level_help_lists_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(["--help"], capsys)
+    assert code == 0
+    for command in COMMANDS:
+        assert command in out
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_of_each_command(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run([command, "--help"], capsys)
+    assert code == 0
+    assert f"usage: crav {command}" in out and len(out.splitlines()) > 4
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["frobnicate"],
+        ["run"],
+        ["run", "--input", "x"],
+        ["phantom", "--out", "x"],  # neither --sample nor --patients
+        ["phantom", "--patients", "3", "--out", "x"],  # --seed missing
+        ["phantom", "--patients", "0", "--seed", "1", "--out", "x"],
+        ["phantom", "--patients", "many", "--seed", "1", "--out", "x"],
+        ["phantom", "--sample", "--seed", "1", "--out", "x"],
+        ["evaluate", "--truth", "t.json"],
+        ["scan"],
+    ],
+)
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(argv, capsys)
+    assert code == 2
+    assert "error" in err and "Traceback" not in err
+
+
+def test_missing_input_folder_is_one_clean_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run(["run", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o")], capsys)
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [f"crav run: error: input folder {tmp_path / 'nope'} does not exist"]
+
+
+def test_input_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "f"
+    f.write_text("x")
+    code, _, err = _run(["scan", "--input", str(f)], capsys)
+    assert code == 2 and "is not a folder" in err
+
+
+def test_run_without_registry(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(["run", "--input", str(tmp_path), "--output", str(tmp_path.parent / "o")], capsys)
+    assert code == 2 and "no treatments.csv" in err and "--registry" in err
+
+
+def test_run_refuses_output_inside_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "treatments.csv").write_text("patient_id,lesion_id,level,procedure_date\n")
+    code, _, err = _run(["run", "--input", str(tmp_path), "--output", str(tmp_path / "out")], capsys)
+    assert code == 2 and "must not be inside the input folder" in err
+
+
+def test_run_bad_settings_is_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "treatments.csv").write_text("patient_id,lesion_id,level,procedure_date\n")
+    toml = tmp_path / "s.toml"
+    toml.write_text("cement_ct_hu_typo = 1700\n")
+    code, _, err = _run(["run", "--input", str(export), "--output", str(tmp_path / "o"),
+                         "--settings", str(toml)], capsys)
+    assert code == 2 and "unknown setting(s) cement_ct_hu_typo" in err
+
+
+def test_run_calls_flow_with_typed_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    export = tmp_path / "export"
+    export.mkdir()
+    registry = tmp_path / "reg.csv"
+    registry.write_text("patient_id,lesion_id,level,procedure_date\n")
+    seen: dict[str, Any] = {}
+
+    def run_export(**kwargs: Any) -> int:
+        seen.update(kwargs)
+        return 1
+
+    fake = types.ModuleType("flows.crav_flow")
+    fake.run_export = run_export  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "flows.crav_flow", fake)
+    code, _, _ = _run(["run", "--input", str(export), "--output", str(tmp_path / "o"), "--registry",
+                       str(registry), "--patient", "A", "B", "--patient", "C", "--force"], capsys)
+    assert code == 1  # the flow's "finished with problems" is passed through
+    assert seen == {"input_dir": export, "output_dir": tmp_path / "o", "registry": registry,
+                    "patients": ["A", "B", "C"], "force": True, "settings_path": None}
+
+
+def test_phantom_calls_generator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    calls: list[tuple[Any, ...]] = []
+    fake = types.ModuleType("pipeline.phantom.generate")
+    fake.generate_cohort = lambda out, n, seed: calls.append(("cohort", out, n, seed))  # type: ignore[attr-defined]
+    fake.generate_sample = lambda out: calls.append(("sample", out))  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "pipeline.phantom.generate", fake)
+    assert cli.main(["phantom", "--patients", "3", "--seed", "42", "--out", str(tmp_path)]) == 0
+    assert cli.main(["phantom", "--sample", "--out", str(tmp_path)]) == 0
+    assert calls == [("cohort", tmp_path, 3, 42), ("sample", tmp_path)]
+
+
+def test_unavailable_module_is_clean_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "pipeline.phantom.generate", None)  # import raises ModuleNotFoundError
+    code, _, err = _run(["phantom", "--sample", "--out", str(tmp_path)], capsys)
+    assert code == 2 and "not available" in err and "Traceback" not in err
+
+
+def test_evaluate_missing_truth(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(["evaluate", "--truth", str(tmp_path / "t.json"), "--results", str(tmp_path)], capsys)
+    assert code == 2
+    assert err.strip() == f"crav evaluate: error: truth file {tmp_path / 't.json'} does not exist"
+
+
+def test_evaluate_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    truth = tmp_path / "truth.json"
+    truth.write_text(json.dumps({"lesions": [], "studies": []}))
+    out = tmp_path / "report" / "eval.json"
+    code, text, _ = _run(["evaluate", "--truth", str(truth), "--results", str(tmp_path), "--json", str(out)],
+                         capsys)
+    assert code == 0 and "outcome accuracy" in text and "n/a (0 pairs)" in text
+    assert json.loads(out.read_text())["outcome_accuracy"]["total"] == 0
+
+
+def test_console_script_entry_point(tmp_path: Path) -> None:
+    """`python -m pipeline.cli` behaves like `crav`: clean one-line error, exit code 2."""
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "scan", "--input", str(tmp_path / "none")],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"crav scan: error: input folder {tmp_path / 'none'} does not exist"
+
+
+def test_scan_of_a_folder_without_dicom(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "README.txt").write_text("not DICOM")
+    toml = tmp_path.parent / f"{tmp_path.name}-settings.toml"
+    toml.write_text("quiet_period_s = 0\n")
+    code, out, err = _run(["scan", "--input", str(tmp_path), "--settings", str(toml)], capsys)
+    assert code == 0, err
+    assert out.startswith(f"scanned {tmp_path}:") and "1 ignored" in out and "0 indexed" in out
+
+
+def test_scan_with_unsupported_catalog_url(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(["scan", "--input", str(tmp_path), "--catalog", "postgres://db/crav"], capsys)
+    assert code == 2 and err.startswith("crav scan: error: --catalog postgres://db/crav")

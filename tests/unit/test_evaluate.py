@@ -1,0 +1,179 @@
+"""evaluate(): known truth vs known results -> known accuracies, confusion matrix and Dice."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from pipeline import domain
+from pipeline.evaluate import evaluate, format_report
+from pipeline.outputs.nifti import write_mask_nifti
+from pipeline.outputs.paths import safe_path_component
+from pipeline.outputs.tables import write_lesions_csv, write_measurements_csv
+
+V = domain.Visit
+O = domain.Outcome  # noqa: E741
+
+
+def _truth_lesion(pid: str, lid: str, outcome: str, j0: bool, visits: list[dict[str, Any]],
+                  failure: str | None = None, height_loss: bool | None = False) -> dict[str, Any]:
+    return {"patient_id": pid, "lesion_id": lid, "level": "L2", "procedure_date": "2021-01-10",
+            "outcome": outcome, "failure_timepoint": failure, "j0_residual": j0,
+            "j0_residual_volume_ml": 0.5 if j0 else 0.0, "baseline_fracture": False,
+            "height_loss": height_loss, "max_height_loss_pct": 5.0, "visits": visits}
+
+
+def _truth_visit(tp: str, date: str, residual: float, cement: float | None = 3.0,
+                 height: float | None = 25.0) -> dict[str, Any]:
+    return {"timepoint": tp, "study_date": date, "days_from_procedure": 0, "study_uid": "1.2.3",
+            "cement_volume_ml": cement, "residual_enhancing_volume_ml": residual,
+            "ablation_zone_volume_ml": 2.0, "height_anterior_mm": height, "height_middle_mm": height,
+            "height_posterior_mm": height, "height_loss_pct": 0.0, "genant_grade": 0}
+
+
+def _box(shape: tuple[int, int, int], spacing: tuple[float, float, float],
+         lo_mm: float, hi_mm: float) -> sitk.Image:
+    """Mask of the physical cube [lo_mm, hi_mm)^3 on a grid with origin 0 and the given spacing."""
+    arr = np.zeros(shape[::-1], np.uint8)
+    zz, yy, xx = np.indices(arr.shape)
+    inside = np.ones(arr.shape, bool)
+    for index, step in zip((xx, yy, zz), spacing, strict=True):
+        centre = index * step
+        inside &= (centre >= lo_mm) & (centre < hi_mm)
+    arr[inside] = 1
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing(spacing)
+    return img
+
+
+@pytest.fixture()
+def cohort(tmp_path: Path) -> tuple[Path, Path]:
+    truth_dir, results = tmp_path / "phantom", tmp_path / "out"
+    lesions = [
+        _truth_lesion("P1", "P1-L2", "local_control", False,
+                      [_truth_visit("J0", "2021-01-10", 0.0), _truth_visit("M1", "2021-02-09", 0.0)]),
+        _truth_lesion("P1", "P1-L3", "local_failure", True,
+                      [_truth_visit("J0", "2021-01-10", 0.5), _truth_visit("M3", "2021-04-10", 2.0)],
+                      failure="M3"),
+        _truth_lesion("P2", "P2/L1", "local_failure", True,  # unsafe id: safe_path_component on both sides
+                      [_truth_visit("J0", "2021-01-11", 0.4)], failure="M1"),
+        _truth_lesion("P3", "P3-L1", "local_control", False, [_truth_visit("J0", "2021-03-01", 0.1)]),
+    ]
+    truth_dir.mkdir()
+    (truth_dir / "truth.json").write_text(json.dumps({"lesions": lesions, "studies": []}), encoding="utf-8")
+
+    def lesion(pid: str, lid: str) -> domain.Lesion:
+        return domain.Lesion(pid, lid, "L2", dt.date(2021, 1, 10))
+
+    def result(pid: str, lid: str, outcome: domain.Outcome, j0: bool | None,
+               failure: domain.Visit | None = None) -> domain.LesionResult:
+        return domain.LesionResult(lesion(pid, lid), j0, 0.6 if j0 else 0.0, outcome, failure,
+                                   False, False, 8.0, "test")
+
+    write_lesions_csv(results / "lesions.csv", [
+        result("P1", "P1-L2", O.LOCAL_CONTROL, False),  # right
+        result("P1", "P1-L3", O.LOCAL_FAILURE, True, V.M6),  # right outcome, wrong timepoint
+        result("P2", "P2/L1", O.INDETERMINATE, None),  # wrong outcome, j0 left empty
+        # P3-L1 missing
+    ])
+    m = domain.VisitMeasurement
+    write_measurements_csv(results / "measurements.csv", [
+        m("P1", "P1-L2", V.J0, dt.date(2021, 1, 10), 0, cement_volume_ml=3.5,
+          residual_enhancing_volume_ml=0.0, height_anterior_mm=24.0, height_middle_mm=25.0,
+          height_posterior_mm=25.0),
+        m("P1", "P1-L2", V.M1, dt.date(2021, 2, 10), 31, cement_volume_ml=2.0,
+          residual_enhancing_volume_ml=0.1, height_anterior_mm=float("nan")),
+        m("P1", "P1-L3", V.J0, dt.date(2021, 1, 10), 0, residual_enhancing_volume_ml=0.8),
+        m("P1", "P1-L3", V.M6, dt.date(2021, 7, 10), 181, residual_enhancing_volume_ml=3.0),  # unexpected
+        m("P2", "P2/L1", V.J0, dt.date(2021, 1, 11), 1),
+    ])
+    # Masks. Truth: a 4 mm cube on a 1 mm grid. Pipeline: the same cube shifted by 1 mm (Dice 0.75)
+    # and, for the vertebra, the very same cube on a 0.5 mm grid (Dice 1 after physical resampling).
+    truth_cube = _box((10, 10, 10), (1.0, 1.0, 1.0), 2.0, 6.0)
+    write_mask_nifti(truth_dir / "truth" / "P1-L2" / "J0" / "cement.nii.gz", truth_cube)
+    write_mask_nifti(truth_dir / "truth" / "P1-L2" / "J0" / "vertebra.nii.gz", truth_cube)
+    write_mask_nifti(truth_dir / "truth" / "P1-L2" / "J0" / "residual.nii.gz", truth_cube * 0)
+    write_mask_nifti(truth_dir / "truth" / "P1-L2" / "J0" / "ablation.nii.gz", truth_cube)  # no prediction
+    pred = results / "patients" / "P1" / "P1-L2" / "J0"
+    write_mask_nifti(pred / "cement.nii.gz", _shifted(truth_cube))
+    write_mask_nifti(pred / "vertebra.nii.gz", _box((20, 20, 20), (0.5, 0.5, 0.5), 2.0, 6.0))
+    write_mask_nifti(pred / "residual.nii.gz", truth_cube * 0)
+    # An unsafe lesion_id: both sides use safe_path_component; identical masks (Dice 1).
+    safe = safe_path_component("P2/L1")
+    write_mask_nifti(truth_dir / "truth" / safe / "J0" / "cement.nii.gz", truth_cube)
+    write_mask_nifti(results / "patients" / "P2" / safe / "J0" / "cement.nii.gz", truth_cube)
+    return truth_dir / "truth.json", results
+
+
+def _shifted(img: sitk.Image) -> sitk.Image:
+    arr = np.roll(sitk.GetArrayFromImage(img), 1, axis=2)  # +1 voxel along x
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(img)
+    return out
+
+
+def test_known_answers(cohort: tuple[Path, Path]) -> None:
+    report = evaluate(*cohort)
+    assert report.n_truth_lesions == 4 and report.n_result_lesions == 3
+    assert (report.outcome.correct, report.outcome.total) == (2, 3)
+    assert report.confusion["local_control"]["local_control"] == 1
+    assert report.confusion["local_failure"]["local_failure"] == 1
+    assert report.confusion["local_failure"]["indeterminate"] == 1
+    assert sum(sum(row.values()) for row in report.confusion.values()) == 3
+    assert (report.j0_residual.correct, report.j0_residual.total, report.j0_residual.unknown) == (2, 3, 1)
+    assert (report.failure_timepoint.correct, report.failure_timepoint.total) == (0, 1)
+    # visits: 6 in truth; 3 right dates (P1-L2 J0, P1-L3 J0, P2 J0), P1-L2 M1 wrong date, 2 missing
+    assert (report.visit_assignment.correct, report.visit_assignment.total) == (3, 6)
+    assert report.missing == {"lesion_rows_missing": 1, "lesion_rows_unexpected": 0, "visit_rows_missing": 2,
+                              "visit_rows_unexpected": 1, "masks_missing": 1}
+    # residual |errors| over pairs: 0, 0.1, 0.3 (P2 J0 empty -> not a pair)
+    assert report.errors["residual_enhancing_volume_ml"].median == pytest.approx(0.1)
+    assert report.errors["cement_volume_ml"].errors == pytest.approx([0.5, 1.0])
+    assert report.errors["height_anterior_mm"].errors == pytest.approx([1.0])  # NaN is not a pair
+    assert report.errors["j0_residual_volume_ml"].errors == pytest.approx([0.0, 0.1, 0.5])
+    assert sorted(report.dice["cement"].values) == pytest.approx([0.75, 1.0])
+    assert report.dice["vertebra"].values == pytest.approx([1.0])
+    assert report.dice["residual"].both_empty == 1 and report.dice["residual"].values == []
+    assert report.dice["ablation"].missing == 1
+
+
+def test_report_text_and_json(cohort: tuple[Path, Path]) -> None:
+    report = evaluate(*cohort)
+    text = format_report(report)
+    assert "outcome accuracy" in text and "66.7% (2/3)" in text
+    assert "Dice cement" in text and "min 0.750" in text
+    assert "n/a (0 pairs)" in text  # e.g. Dice of residual: both empty only
+    data = json.loads(json.dumps(report.as_dict()))
+    assert data["outcome_accuracy"]["value"] == pytest.approx(2 / 3)
+    assert data["outcome_confusion"]["matrix"]["local_failure"]["indeterminate"] == 1
+    assert data["dice"]["cement"]["mean"] == pytest.approx(0.875)
+
+
+def test_empty_results_folder(tmp_path: Path, cohort: tuple[Path, Path]) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    report = evaluate(cohort[0], empty)
+    assert report.outcome.total == 0 and str(report.outcome) == "n/a (0 pairs)"
+    assert report.missing["lesion_rows_missing"] == 4
+    assert any("lesions.csv: missing" in p for p in report.problems)
+    assert "n/a (0 pairs)" in format_report(report)
+
+
+def test_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"truth file .* does not exist"):
+        evaluate(tmp_path / "nope.json", tmp_path)
+    bad = tmp_path / "truth.json"
+    bad.write_text("{not json", encoding="utf-8")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        evaluate(bad, tmp_path)
+    bad.write_text("{}", encoding="utf-8")
+    with pytest.raises(ValueError, match="no 'lesions' list"):
+        evaluate(bad, tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"results folder .* does not exist"):
+        evaluate(bad, tmp_path / "missing")
