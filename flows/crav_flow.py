@@ -1,0 +1,125 @@
+"""Prefect flow of the main job: scan the export, process each patient, write the cohort tables.
+
+Prefect only strings the steps together: each task calls one plain function. Patients run in
+parallel on a ThreadPoolTaskRunner (width: ``Settings.max_workers``); NumPy and SimpleITK release
+the GIL.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import logging
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from pipeline import __version__
+from pipeline.domain import Lesion, LesionResult, VisitMeasurement
+from pipeline.ingest.catalog import Catalog
+from pipeline.ingest.registry import read_registry
+from pipeline.ingest.scan import ScanReport, scan_export
+from pipeline.outputs.atomic import atomic_write_text
+from pipeline.outputs.tables import write_cohort_summary, write_lesions_csv, write_measurements_csv
+from pipeline.response.cohort import cohort_markdown, cohort_table
+from pipeline.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+
+def _hermetic_prefect_env() -> None:
+    """Embedded defaults: Prefect's local (ephemeral) mode, no telemetry, nothing on the network."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_UI_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def scan_step(input_dir: Path, catalog_url: str, settings: Settings) -> ScanReport:
+    with Catalog.open(catalog_url) as catalog:
+        return scan_export(input_dir, catalog, quiet_period_s=settings.quiet_period_s)
+
+
+def patient_step(patient_id: str, lesions: list[Lesion], catalog_url: str, output_dir: Path,
+                 settings: Settings) -> Any:
+    from flows.patient import process_patient
+
+    with Catalog.open(catalog_url) as catalog:
+        return process_patient(patient_id, lesions, catalog, output_dir, settings)
+
+
+def _file_accounting_csv(catalog_url: str) -> str:
+    buf = io.StringIO()
+    wr = csv.writer(buf, lineterminator="\n")
+    wr.writerow(["path", "status", "reason", "series_uid"])
+    with Catalog.open(catalog_url) as catalog:
+        for rec in catalog.file_accounting():
+            wr.writerow([str(rec.path), rec.status, rec.reason, rec.series_uid or ""])
+    return buf.getvalue()
+
+
+def run_export(input_dir: Path, output_dir: Path, registry: Path | None = None, patients: list[str] | None = None,
+               force: bool = False, settings_path: Path | None = None) -> int:
+    """Entry point of ``crav run``: 0 when everything ran clean, 1 when something needs a look."""
+    _hermetic_prefect_env()
+    from prefect import flow, task
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    settings = load_settings(settings_path)
+    (output_dir / "patients").mkdir(parents=True, exist_ok=True)
+    catalog_url = f"sqlite:///{(output_dir / 'catalog.sqlite').resolve()}"
+    registry = registry or input_dir / "treatments.csv"
+
+    scan_task = task(name="scan-export", retries=1)(scan_step)
+    patient_task = task(name="process-patient")(patient_step)
+
+    @flow(name="crav-run", task_runner=ThreadPoolTaskRunner(max_workers=settings.max_workers), log_prints=False)
+    def crav_run() -> int:
+        reg = read_registry(registry)
+        problems = [f"treatments.csv line {p.line}: {p.reason}" for p in reg.problems]
+        report = scan_task(input_dir, catalog_url, settings)
+        by_patient: dict[str, list[Lesion]] = {}
+        for les in reg.lesions:
+            if patients and les.patient_id not in patients:
+                continue
+            by_patient.setdefault(les.patient_id, []).append(les)
+        futures = {pid: patient_task.submit(pid, les, catalog_url, output_dir, settings)
+                   for pid, les in sorted(by_patient.items())}
+        results: list[LesionResult] = []
+        rows: list[VisitMeasurement] = []
+        last_fu: dict[str, dt.date] = {}
+        for pid, fut in futures.items():
+            try:
+                out = fut.result()
+            except Exception as e:  # one patient's failure never stops the batch
+                log.exception("patient processing failed")
+                problems.append(f"patient {pid}: processing failed ({type(e).__name__}: {e})")
+                from flows.patient import _indeterminate
+
+                results.extend(_indeterminate(les, f"processing failed: {type(e).__name__}: {e}")
+                               for les in by_patient[pid])
+                continue
+            results.extend(out.results)
+            rows.extend(out.measurements)
+            last_fu.update(out.last_follow_up)
+            problems.extend(out.problems)
+        order = {les.lesion_id: i for i, les in enumerate(reg.lesions)}
+        results.sort(key=lambda r: order.get(r.lesion.lesion_id, 0))
+        write_lesions_csv(output_dir / "lesions.csv", results)
+        write_measurements_csv(output_dir / "measurements.csv", rows)
+        table = cohort_table(results, last_follow_up_date=last_fu)
+        write_cohort_summary(output_dir, table, cohort_markdown(table))
+        atomic_write_text(output_dir / "files.csv", _file_accounting_csv(catalog_url))
+        atomic_write_text(output_dir / "run.json", json.dumps({
+            "software": {"crav-followup": __version__, "python": platform.python_version()},
+            "settings": settings.as_dict(), "problems": problems,
+            "scan": {"new": report.new, "changed": report.changed, "unchanged": report.unchanged,
+                     "deleted": report.deleted, "arriving": report.arriving, "quarantined": report.quarantined,
+                     "ignored": report.ignored},
+        }, indent=1, default=str) + "\n")
+        return 1 if problems or report.quarantined else 0
+
+    return int(crav_run())

@@ -1,0 +1,355 @@
+"""One patient end to end: studies -> visits -> volumes -> masks -> measurements -> verdicts.
+
+Plain functions (no Prefect): the flow wraps :func:`process_patient` in one task per patient.
+Everything that reads DICOM goes through ``pipeline.ingest``, everything written goes through
+``pipeline.outputs``; the maths is in ``pipeline.segmentation`` and ``pipeline.response``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from pipeline.domain import Lesion, LesionResult, Outcome, SeriesRole, Visit, VisitMeasurement, level_index
+from pipeline.ingest.catalog import Catalog, SeriesRecord
+from pipeline.ingest.visits import VisitAssignment, assign_visits
+from pipeline.ingest.volumes import VolumeError, load_dynamic, load_volume
+from pipeline.outputs.nifti import write_mask_nifti
+from pipeline.outputs.paths import safe_path_component
+from pipeline.response import classify, enhancement, height
+from pipeline.segmentation import ablation, cement, registration, vertebra
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StudyImages:
+    """The volumes of one MR study that the analysis uses (loaded once, shared by its lesions)."""
+
+    study_uid: str
+    study_date: dt.date | None
+    t1: sitk.Image
+    stir: sitk.Image | None
+    dce_phases: list[sitk.Image] | None
+    dce_times_s: np.ndarray | None
+    series_used: dict[str, str]
+    notes: list[str] = field(default_factory=list)
+    cement: cement.CementResult | None = None
+    enhancing: np.ndarray | None = None  # on the DCE grid
+    max_re: np.ndarray | None = None
+    time_to_peak_s: np.ndarray | None = None
+
+
+@dataclass
+class PatientOutcome:
+    """What one patient contributes to the cohort tables."""
+
+    patient_id: str
+    results: list[LesionResult]
+    measurements: list[VisitMeasurement]
+    problems: list[str]
+    last_follow_up: dict[str, dt.date]
+    series_used: list[str]
+
+
+def _pick(series: list[SeriesRecord], role: SeriesRole) -> SeriesRecord | None:
+    cands = [s for s in series if s.role == role]
+    return max(cands, key=lambda s: (s.n_files, s.series_uid)) if cands else None
+
+
+def _load_study(catalog: Catalog, study_uid: str, study_date: dt.date | None, series: list[SeriesRecord]
+                ) -> StudyImages | str:
+    """Load T1 (required), STIR and the DCE of a study; a string is the reason it cannot be used."""
+    t1_rec = _pick(series, SeriesRole.T1)
+    if t1_rec is None:
+        return "no sagittal T1 series in the study"
+    used = {"T1": t1_rec.series_uid}
+    try:
+        t1 = load_volume(catalog.files(t1_rec.series_uid))
+    except VolumeError as e:
+        return f"T1 series {t1_rec.series_number} unusable: {e}"
+    notes: list[str] = []
+    stir = None
+    stir_rec = _pick(series, SeriesRole.STIR)
+    if stir_rec is not None:
+        try:
+            stir = load_volume(catalog.files(stir_rec.series_uid))
+            used["STIR"] = stir_rec.series_uid
+        except VolumeError as e:
+            notes.append(f"STIR unusable: {e}")
+    phases = times = None
+    dce = [s for s in series if s.role == SeriesRole.DCE]
+    if dce:
+        groups = {s.dynamic_group for s in dce if s.dynamic_group}
+        try:
+            if groups:
+                files = catalog.dynamic_files(sorted(groups)[0])
+            else:
+                rec = max(dce, key=lambda s: s.n_files)
+                files = catalog.files(rec.series_uid)
+            dyn = load_dynamic(files)
+            phases, times = dyn.phases, np.asarray(dyn.times_s, dtype=float)
+            used["DCE"] = ",".join(sorted({s.series_uid for s in dce}))
+        except VolumeError as e:
+            notes.append(f"DCE unusable: {e}")
+    else:
+        notes.append("no DCE series: residual enhancement not measured")
+    return StudyImages(study_uid, study_date, t1, stir, phases, times, used, notes)
+
+
+def _enhancement(img: StudyImages, settings: Settings) -> None:
+    if img.dce_phases is None or img.dce_times_s is None or img.enhancing is not None:
+        return
+    arr = np.stack([sitk.GetArrayFromImage(p).astype(np.float64) for p in img.dce_phases])
+    maps = enhancement.relative_enhancement(arr, img.dce_times_s)
+    img.enhancing = enhancement.enhancing_mask(maps, re_threshold=settings.enhancement_re_threshold,
+                                               noise_sigmas=settings.enhancement_noise_sigmas)
+    s_pre = arr[: maps.n_pre].mean(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        re_t = np.where(s_pre[None] > 0, (arr - s_pre[None]) / s_pre[None], 0.0)
+    img.max_re = re_t.max(axis=0)
+    peak = np.argmax(arr, axis=0)
+    img.time_to_peak_s = img.dce_times_s[peak] - img.dce_times_s[min(maps.arrival_index, len(img.dce_times_s) - 1)]
+
+
+def _sphere_seed(reference: sitk.Image, centre_mm: tuple[float, float, float], radius_mm: float) -> sitk.Image:
+    idx = np.indices(sitk.GetArrayFromImage(reference).shape).reshape(3, -1).T[:, ::-1].astype(float)
+    origin = np.asarray(reference.GetOrigin())
+    direction = np.asarray(reference.GetDirection()).reshape(3, 3)
+    pts = origin + (idx * np.asarray(reference.GetSpacing())) @ direction.T
+    inside = np.linalg.norm(pts - np.asarray(centre_mm), axis=1) <= radius_mm
+    img = sitk.GetImageFromArray(inside.reshape(sitk.GetArrayFromImage(reference).shape).astype(np.uint8))
+    img.CopyInformation(reference)
+    return img
+
+
+def _spacing_zyx(img: sitk.Image) -> tuple[float, float, float]:
+    sx, sy, sz = img.GetSpacing()
+    return (sz, sy, sx)
+
+
+@dataclass
+class LesionVisitResult:
+    visit: VisitAssignment
+    study: StudyImages
+    body: sitk.Image | None = None
+    cement_mask: sitk.Image | None = None
+    residual: sitk.Image | None = None
+    heights: height.Heights | None = None
+    measurement: dict[str, object] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _analyse(lv: LesionVisitResult, seed: sitk.Image, is_pre: bool, j0: LesionVisitResult | None,
+             transform: sitk.Transform | None, settings: Settings) -> None:
+    img = lv.study
+    body = vertebra.segment_body(img.t1, seed, stir=img.stir)
+    if not body.ok:
+        lv.notes.append(f"vertebral body: {body.reason}")
+    lv.body = body.mask
+    arr = sitk.GetArrayFromImage(body.mask).astype(bool)
+    if arr.any():
+        try:
+            lv.heights = height.vertebral_heights(arr, _spacing_zyx(body.mask),
+                                                  np.asarray(body.mask.GetDirection()).reshape(3, 3))
+        except ValueError as e:
+            lv.notes.append(f"heights not measured: {e}")
+    m = lv.measurement
+    if lv.heights is not None:
+        m["height_anterior_mm"] = lv.heights.anterior_mm
+        m["height_middle_mm"] = lv.heights.middle_mm
+        m["height_posterior_mm"] = lv.heights.posterior_mm
+        m["genant_grade"] = height.genant_grade(lv.heights)
+    if is_pre or lv.cement_mask is None:
+        return
+    cm_arr = sitk.GetArrayFromImage(lv.cement_mask).astype(bool)
+    m["cement_volume_ml"] = float(cm_arr.sum()) * float(np.prod(lv.cement_mask.GetSpacing())) / 1000.0
+    if j0 is not None and j0 is not lv and j0.cement_mask is not None and transform is not None:
+        m["registration_error_mm"] = registration.cement_surface_distance_mm(j0.cement_mask, lv.cement_mask,
+                                                                             transform)
+    _enhancement(img, settings)
+    if img.enhancing is None or img.dce_phases is None:
+        return
+    grid = img.dce_phases[0]
+    body_d = registration.resample_to(grid, body.mask, None, nearest=True)
+    cem_d = registration.resample_to(grid, lv.cement_mask, None, nearest=True)
+    roi = sitk.GetArrayFromImage(ablation.residual_roi(body_d, cem_d, settings.residual_margin_mm)).astype(bool)
+    sp = _spacing_zyx(grid)
+    enh = img.enhancing & roi
+    residual = enhancement.remove_rim(enh, sp, rim_mm=settings.rim_max_thickness_mm)
+    m["residual_enhancing_volume_ml"] = enhancement.residual_volume_ml(residual, sp)
+    res_img = sitk.GetImageFromArray(residual.astype(np.uint8))
+    res_img.CopyInformation(grid)
+    lv.residual = res_img
+    enh_img = sitk.GetImageFromArray(img.enhancing.astype(np.uint8))
+    enh_img.CopyInformation(grid)
+    stir_d = registration.resample_to(grid, img.stir, None, nearest=False) if img.stir is not None else None
+    abl = ablation.segment_ablation_zone(body_d, cem_d, enh_img, stir_d)
+    abl_arr = sitk.GetArrayFromImage(abl).astype(bool)
+    m["ablation_zone_volume_ml"] = enhancement.residual_volume_ml(abl_arr, sp)
+    lv.measurement["_ablation"] = abl
+    if img.max_re is not None and img.time_to_peak_s is not None:
+        region = residual if residual.any() else abl_arr
+        if region.any():
+            m["max_relative_enhancement"] = float(np.percentile(img.max_re[region], 90))
+            m["time_to_peak_s"] = float(max(np.median(img.time_to_peak_s[region]), 0.0))
+    if j0 is not None and j0 is not lv and j0.residual is not None and transform is not None:
+        j0_res = registration.resample_to(grid, j0.residual, transform.GetInverse(), nearest=True)
+        nodules = enhancement.new_nodules(residual, sitk.GetArrayFromImage(j0_res).astype(bool), sp,
+                                          min_ml=settings.new_nodule_ml)
+        m["_new_nodule_ml"] = max(nodules, default=0.0)
+
+
+def process_patient(patient_id: str, lesions: list[Lesion], catalog: Catalog, out_dir: Path,
+                    settings: Settings) -> PatientOutcome:
+    """Analyse every registry lesion of one patient; never raises for bad images (reasons are kept)."""
+    problems: list[str] = []
+    series = catalog.series(patient_id)
+    studies = {s.study_uid: s for s in catalog.studies(patient_id)}
+    mr_studies = {uid: st for uid, st in studies.items()
+                  if any(s.study_uid == uid and s.role == SeriesRole.T1 for s in series)}
+    lesions = sorted(lesions, key=lambda les: (level_index(les.level) if les.is_vertebral else 99, les.lesion_id))
+    images: dict[str, StudyImages | str] = {}
+
+    def study_images(uid: str) -> StudyImages | str:
+        if uid not in images:
+            st = mr_studies[uid]
+            images[uid] = _load_study(catalog, uid, st.study_date, [s for s in series if s.study_uid == uid])
+        return images[uid]
+
+    results: list[LesionResult] = []
+    measurements: list[VisitMeasurement] = []
+    last_fu: dict[str, dt.date] = {}
+    vertebral = [les for les in lesions if les.is_vertebral]
+    for les in lesions:
+        if not les.is_vertebral:
+            results.append(_indeterminate(les, f"non-vertebral site {les.level}: this version segments vertebral "
+                                               "bodies only"))
+            continue
+        dates = {uid: st.study_date for uid, st in mr_studies.items() if st.study_date is not None}
+        visits = assign_visits(dates, les.procedure_date)
+        j0_uid = next((u for u, a in visits.items() if a.visit == Visit.J0), None)
+        if j0_uid is None:
+            results.append(_indeterminate(les, "no MR study in the J0 window (day 0 to +2)"))
+            continue
+        j0_img = study_images(j0_uid)
+        if isinstance(j0_img, str):
+            results.append(_indeterminate(les, f"J0 MR study unusable: {j0_img}"))
+            continue
+        if j0_img.cement is None:
+            j0_img.cement = cement.find_cement_mr(j0_img.t1, j0_img.stir,
+                                                  muscle_ratio=settings.cement_mr_muscle_ratio)
+        masses = j0_img.cement.masses
+        same_day = [x for x in vertebral if x.procedure_date == les.procedure_date]
+        rank = same_day.index(les)
+        if len(masses) < len(same_day):
+            results.append(_indeterminate(les, f"J0: {len(masses)} cement mass(es) for {len(same_day)} treated "
+                                               f"level(s) ({j0_img.cement.reason})"))
+            continue
+        chosen = sorted(sorted(masses, key=lambda m: -m.volume_ml)[: len(same_day)], key=lambda m: -m.centroid_mm[2])
+        j0_mass = chosen[rank]
+        per_visit: list[LesionVisitResult] = []
+        j0_lv = LesionVisitResult(visits[j0_uid], j0_img, cement_mask=j0_mass.mask)
+        if len(masses) > len(same_day):
+            j0_lv.notes.append(f"{len(masses)} cement masses for {len(same_day)} level(s): the largest kept")
+        _analyse(j0_lv, j0_mass.mask, False, None, None, settings)
+        for uid, assign in sorted(visits.items(), key=lambda kv: kv[1].days_from_procedure):
+            if uid == j0_uid:
+                per_visit.append(j0_lv)
+                continue
+            img = study_images(uid)
+            if isinstance(img, str):
+                problems.append(f"{les.lesion_id} {assign.visit.value}: {img}")
+                continue
+            lv = LesionVisitResult(assign, img)
+            is_pre = assign.days_from_procedure < 0
+            landmark = None
+            if not is_pre:
+                if img.cement is None:
+                    img.cement = cement.find_cement_mr(img.t1, img.stir, muscle_ratio=settings.cement_mr_muscle_ratio)
+                near = sorted(img.cement.masses,
+                              key=lambda m: float(np.linalg.norm(np.subtract(m.centroid_mm, j0_mass.centroid_mm))))
+                if near and np.linalg.norm(np.subtract(near[0].centroid_mm, j0_mass.centroid_mm)) < 25.0:
+                    lv.cement_mask = near[0].mask
+                    landmark = near[0].centroid_mm
+                else:
+                    lv.notes.append("treated cement mass not found at this visit")
+            reg = registration.register_rigid(j0_img.t1, img.t1, fixed_landmark_mm=j0_mass.centroid_mm,
+                                              moving_landmark_mm=landmark, crop_center_mm=j0_mass.centroid_mm)
+            seed = lv.cement_mask if lv.cement_mask is not None else _sphere_seed(
+                img.t1, reg.transform.TransformPoint(j0_mass.centroid_mm), 6.0)
+            _analyse(lv, seed, is_pre, j0_lv, reg.transform, settings)
+            per_visit.append(lv)
+        res, rows = _lesion_outputs(les, per_visit, j0_lv, out_dir, settings)
+        results.append(res)
+        measurements.extend(rows)
+        fu = [lv.study.study_date for lv in per_visit if lv.visit.visit.is_follow_up and lv.study.study_date]
+        if fu:
+            last_fu[les.lesion_id] = max(fu)
+    used = sorted({u for im in images.values() if not isinstance(im, str) for u in im.series_used.values()})
+    return PatientOutcome(patient_id, results, measurements, problems, last_fu, used)
+
+
+def _indeterminate(les: Lesion, reason: str) -> LesionResult:
+    return LesionResult(les, None, None, Outcome.INDETERMINATE, None, None, None, None, reason)
+
+
+def _lesion_outputs(les: Lesion, per_visit: list[LesionVisitResult], j0: LesionVisitResult, out_dir: Path,
+                    settings: Settings) -> tuple[LesionResult, list[VisitMeasurement]]:
+    rows: list[VisitMeasurement] = []
+    summaries: list[classify.VisitSummary] = []
+    folder = out_dir / "patients" / safe_path_component(les.patient_id) / safe_path_component(les.lesion_id)
+    for lv in per_visit:
+        m = lv.measurement
+        loss_pct = loss_mm = None
+        if lv.heights is not None and j0.heights is not None:
+            loss_pct = height.height_loss_pct(j0.heights, lv.heights)
+            loss_mm = height.height_loss_mm(j0.heights, lv.heights)
+        tp = lv.visit.visit
+        vdir = folder / (tp.value if tp != Visit.UNSCHEDULED else f"UNSCHEDULED_{lv.visit.days_from_procedure:+d}d")
+        masks = {"vertebra": lv.body, "cement": lv.cement_mask, "residual": lv.residual, "ablation": m.get("_ablation")}
+        for name, mask in masks.items():
+            if isinstance(mask, sitk.Image):
+                write_mask_nifti(vdir / f"{name}.nii.gz", mask)
+        qa = "needs_review" if lv.notes or lv.study.notes else "pending"
+        rows.append(VisitMeasurement(
+            patient_id=les.patient_id, lesion_id=les.lesion_id, timepoint=tp, study_date=lv.study.study_date,
+            days_from_procedure=lv.visit.days_from_procedure,
+            cement_volume_ml=_f(m.get("cement_volume_ml")),
+            residual_enhancing_volume_ml=_f(m.get("residual_enhancing_volume_ml")),
+            ablation_zone_volume_ml=_f(m.get("ablation_zone_volume_ml")),
+            max_relative_enhancement=_f(m.get("max_relative_enhancement")),
+            time_to_peak_s=_f(m.get("time_to_peak_s")), ktrans_per_min=None,
+            height_anterior_mm=_f(m.get("height_anterior_mm")), height_middle_mm=_f(m.get("height_middle_mm")),
+            height_posterior_mm=_f(m.get("height_posterior_mm")), height_loss_pct=loss_pct,
+            genant_grade=m.get("genant_grade") if isinstance(m.get("genant_grade"), int) else None,  # type: ignore[arg-type]
+            registration_error_mm=_f(m.get("registration_error_mm")), qa_status=qa,
+            notes=tuple(lv.notes + lv.study.notes),
+        ))
+        summaries.append(classify.VisitSummary(
+            visit=tp, days_from_procedure=lv.visit.days_from_procedure,
+            residual_ml=_f(m.get("residual_enhancing_volume_ml")), new_nodule_ml=_f(m.get("_new_nodule_ml")) or 0.0,
+            height_loss_pct=loss_pct, height_loss_mm=loss_mm,
+            genant_grade=m.get("genant_grade") if isinstance(m.get("genant_grade"), int) else None,  # type: ignore[arg-type]
+        ))
+    verdict = classify.classify_lesion(summaries, settings=settings)
+    result = LesionResult(les, verdict.j0_residual, verdict.j0_residual_volume_ml, verdict.outcome,
+                          verdict.failure_timepoint, verdict.baseline_fracture, verdict.height_loss,
+                          verdict.max_height_loss_pct, verdict.reason)
+    return result, rows
+
+
+def _f(x: object) -> float | None:
+    if x is None:
+        return None
+    try:
+        v = float(x)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) else None

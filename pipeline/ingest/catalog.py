@@ -1,0 +1,350 @@
+"""SQLite catalog of the export folder: every file with its status, and the series index.
+
+Only header fields needed downstream are stored (never PatientName or PatientBirthDate);
+all SQL is parameterised.
+
+Example
+-------
+>>> cat = Catalog.open("sqlite:///:memory:")
+>>> cat.patients()
+[]
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.domain import SeriesRole
+
+FILE_STATUSES = ("indexed", "ignored", "quarantined", "arriving")
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('indexed', 'ignored', 'quarantined', 'arriving')),
+    reason TEXT NOT NULL DEFAULT '',
+    patient_id TEXT,
+    study_uid TEXT,
+    series_uid TEXT,
+    sop_uid TEXT,
+    header TEXT
+);
+CREATE INDEX IF NOT EXISTS files_patient ON files (patient_id);
+CREATE INDEX IF NOT EXISTS files_series ON files (series_uid);
+CREATE TABLE IF NOT EXISTS series (
+    series_uid TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL,
+    patient_id TEXT NOT NULL,
+    study_date TEXT,
+    modality TEXT NOT NULL,
+    role TEXT NOT NULL,
+    role_reason TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    frame_of_reference_uid TEXT NOT NULL DEFAULT '',
+    n_files INTEGER NOT NULL,
+    dynamic_group TEXT,
+    dynamic_index INTEGER,
+    series_number INTEGER,
+    acquisition_time_s REAL
+);
+CREATE INDEX IF NOT EXISTS series_patient ON series (patient_id);
+"""
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One file of the export folder and what became of it."""
+
+    path: Path
+    size: int
+    mtime_ns: int
+    status: str
+    reason: str
+    patient_id: str | None
+    study_uid: str | None
+    series_uid: str | None
+    sop_uid: str | None
+
+
+@dataclass(frozen=True)
+class SeriesRecord:
+    """One series, its role and the reason for it."""
+
+    series_uid: str
+    study_uid: str
+    patient_id: str
+    study_date: dt.date | None
+    modality: str
+    role: SeriesRole
+    role_reason: str
+    description: str
+    frame_of_reference_uid: str
+    n_files: int
+    dynamic_group: str | None = None
+    dynamic_index: int | None = None
+    series_number: int | None = None
+    acquisition_time_s: float | None = None
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """One study of a patient."""
+
+    study_uid: str
+    patient_id: str
+    study_date: dt.date | None
+    modalities: tuple[str, ...]
+    n_series: int
+
+
+def parse_da(value: str | None) -> dt.date | None:
+    """DICOM DA (``YYYYMMDD``) or ISO date text to a date, None when absent or malformed."""
+    if not value:
+        return None
+    text = value.strip().replace("-", "").replace(".", "")
+    if len(text) != 8 or not text.isdigit():
+        return None
+    try:
+        return dt.date(int(text[:4]), int(text[4:6]), int(text[6:]))
+    except ValueError:
+        return None
+
+
+def _path_from_url(url: str | Path) -> str:
+    if isinstance(url, Path):
+        return str(url)
+    if "://" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    if scheme != "sqlite":
+        raise ValueError(f"catalog URL {url!r}: only sqlite:///path (or a plain file path) is supported")
+    # sqlite:///relative/or/:memory:  and  sqlite:////absolute
+    if not rest.startswith("/"):
+        raise ValueError(f"catalog URL {url!r} must look like sqlite:///path/catalog.sqlite")
+    return rest[1:] or ":memory:"
+
+
+class Catalog:
+    """The export folder's catalog in one SQLite database.
+
+    Use :meth:`open`; :mod:`pipeline.ingest.scan` fills it.
+    """
+
+    def __init__(self, connection: sqlite3.Connection, location: str) -> None:
+        self._db = connection
+        self.location = location
+
+    @classmethod
+    def open(cls, url: str | Path) -> Catalog:
+        """Open (creating if needed) the catalog at ``sqlite:///path`` or a plain path.
+
+        Raises
+        ------
+        ValueError
+            If the URL is not a SQLite URL.
+        """
+        location = _path_from_url(url)
+        if location != ":memory:":
+            Path(location).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(location)
+        db.row_factory = sqlite3.Row
+        if location != ":memory:":
+            db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        return cls(db, location)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Commit everything done inside, or nothing if an exception escapes."""
+        with self._db:
+            yield self._db
+
+    # ------------------------------------------------------------------ queries
+
+    def patients(self) -> list[str]:
+        """PatientIDs with at least one series."""
+        rows = self._db.execute("SELECT DISTINCT patient_id FROM series ORDER BY patient_id")
+        return [r[0] for r in rows]
+
+    def series(self, patient_id: str | None = None) -> list[SeriesRecord]:
+        """Series of one patient (or all), ordered by study date, study, time, number."""
+        sql = "SELECT * FROM series"
+        params: tuple[Any, ...] = ()
+        if patient_id is not None:
+            sql += " WHERE patient_id = ?"
+            params = (patient_id,)
+        sql += " ORDER BY patient_id, study_date, study_uid, acquisition_time_s, series_number, series_uid"
+        return [_series_record(r) for r in self._db.execute(sql, params)]
+
+    def series_record(self, series_uid: str) -> SeriesRecord | None:
+        row = self._db.execute("SELECT * FROM series WHERE series_uid = ?", (series_uid,)).fetchone()
+        return _series_record(row) if row is not None else None
+
+    def dynamic_group(self, group_id: str) -> list[SeriesRecord]:
+        """Member series of a split dynamic, in phase order."""
+        rows = self._db.execute(
+            "SELECT * FROM series WHERE dynamic_group = ? ORDER BY dynamic_index", (group_id,)
+        )
+        return [_series_record(r) for r in rows]
+
+    def files(self, series_uid: str) -> list[Path]:
+        """Readable files of a series, one per SOPInstanceUID, sorted by path."""
+        rows = self._db.execute(
+            "SELECT path, sop_uid FROM files WHERE series_uid = ? AND status IN ('indexed', 'ignored') "
+            "AND header IS NOT NULL ORDER BY path",
+            (series_uid,),
+        )
+        seen: set[str] = set()
+        out: list[Path] = []
+        for path, sop in rows:
+            if sop in seen:
+                continue
+            seen.add(sop)
+            out.append(Path(path))
+        return out
+
+    def dynamic_files(self, group_id: str) -> list[Path]:
+        """Files of every phase of a split dynamic, phase after phase (for ``load_dynamic``)."""
+        return [p for s in self.dynamic_group(group_id) for p in self.files(s.series_uid)]
+
+    def headers(self, series_uid: str) -> list[dict[str, Any]]:
+        """Stored header fields of the files of a series (one per SOPInstanceUID)."""
+        rows = self._db.execute(
+            "SELECT sop_uid, header FROM files WHERE series_uid = ? AND header IS NOT NULL "
+            "AND status IN ('indexed', 'ignored') ORDER BY path",
+            (series_uid,),
+        )
+        seen: set[str] = set()
+        out = []
+        for sop, header in rows:
+            if sop not in seen:
+                seen.add(sop)
+                out.append(json.loads(header))
+        return out
+
+    def file_accounting(self) -> list[FileRecord]:
+        """Every file seen in the export folder, with its status and reason."""
+        rows = self._db.execute(
+            "SELECT path, size, mtime_ns, status, reason, patient_id, study_uid, series_uid, sop_uid "
+            "FROM files ORDER BY path"
+        )
+        return [FileRecord(Path(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8]) for r in rows]
+
+    def studies(self, patient_id: str) -> list[StudyRecord]:
+        """Studies of one patient, by date."""
+        rows = self._db.execute(
+            "SELECT study_uid, MIN(study_date), GROUP_CONCAT(DISTINCT modality), COUNT(*) FROM series "
+            "WHERE patient_id = ? GROUP BY study_uid ORDER BY MIN(study_date), study_uid",
+            (patient_id,),
+        )
+        return [
+            StudyRecord(r[0], patient_id, parse_da(r[1]), tuple(sorted(set((r[2] or "").split(",")))), r[3])
+            for r in rows
+        ]
+
+    def status_counts(self) -> dict[str, int]:
+        """Number of files per status."""
+        counts = dict.fromkeys(FILE_STATUSES, 0)
+        for status, n in self._db.execute("SELECT status, COUNT(*) FROM files GROUP BY status"):
+            counts[status] = n
+        return counts
+
+    # ------------------------------------------------------------------ writing (used by scan)
+
+    def file_states(self) -> dict[str, tuple[int, int, str, str | None]]:
+        """path -> (size, mtime_ns, status, patient_id) for every known file."""
+        rows = self._db.execute("SELECT path, size, mtime_ns, status, patient_id FROM files")
+        return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
+
+    def upsert_files(self, rows: Iterable[Sequence[Any]]) -> None:
+        """Insert or replace rows (path, size, mtime_ns, status, reason, patient_id, study_uid,
+        series_uid, sop_uid, header-dict-or-None)."""
+        self._db.executemany(
+            "INSERT OR REPLACE INTO files (path, size, mtime_ns, status, reason, patient_id, study_uid, "
+            "series_uid, sop_uid, header) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(*r[:9], json.dumps(r[9], separators=(",", ":")) if r[9] is not None else None) for r in rows],
+        )
+
+    def delete_files(self, paths: Iterable[str]) -> None:
+        self._db.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in paths])
+
+    def patient_file_headers(self, patient_id: str) -> list[tuple[str, str, str, dict[str, Any]]]:
+        """(path, series_uid, sop_uid, header) of the readable DICOM files of a patient."""
+        rows = self._db.execute(
+            "SELECT path, series_uid, sop_uid, header FROM files WHERE patient_id = ? "
+            "AND header IS NOT NULL AND status IN ('indexed', 'ignored') ORDER BY path",
+            (patient_id,),
+        )
+        return [(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+
+    def set_file_status(self, updates: Iterable[tuple[str, str, str]]) -> None:
+        """Apply (status, reason, path) updates."""
+        self._db.executemany("UPDATE files SET status = ?, reason = ? WHERE path = ?", list(updates))
+
+    def replace_patient_series(self, patient_id: str, records: Iterable[SeriesRecord]) -> None:
+        """Replace every series row of one patient."""
+        self._db.execute("DELETE FROM series WHERE patient_id = ?", (patient_id,))
+        self._db.executemany(
+            "INSERT OR REPLACE INTO series (series_uid, study_uid, patient_id, study_date, modality, role, "
+            "role_reason, description, frame_of_reference_uid, n_files, dynamic_group, dynamic_index, "
+            "series_number, acquisition_time_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    s.series_uid,
+                    s.study_uid,
+                    s.patient_id,
+                    s.study_date.isoformat() if s.study_date else None,
+                    s.modality,
+                    s.role.value,
+                    s.role_reason,
+                    s.description,
+                    s.frame_of_reference_uid,
+                    s.n_files,
+                    s.dynamic_group,
+                    s.dynamic_index,
+                    s.series_number,
+                    s.acquisition_time_s,
+                )
+                for s in records
+            ],
+        )
+
+
+def _series_record(r: sqlite3.Row) -> SeriesRecord:
+    return SeriesRecord(
+        series_uid=r["series_uid"],
+        study_uid=r["study_uid"],
+        patient_id=r["patient_id"],
+        study_date=parse_da(r["study_date"]),
+        modality=r["modality"],
+        role=SeriesRole(r["role"]),
+        role_reason=r["role_reason"],
+        description=r["description"],
+        frame_of_reference_uid=r["frame_of_reference_uid"],
+        n_files=r["n_files"],
+        dynamic_group=r["dynamic_group"],
+        dynamic_index=r["dynamic_index"],
+        series_number=r["series_number"],
+        acquisition_time_s=r["acquisition_time_s"],
+    )

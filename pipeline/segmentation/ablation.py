@@ -1,0 +1,128 @@
+"""Ablation zone (non-enhancing region around the cement) and the residual-tumour search region."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import SimpleITK as sitk
+
+from pipeline.segmentation import common as cm
+
+logger = logging.getLogger(__name__)
+
+
+def _on_grid(reference: sitk.Image, mask: sitk.Image, name: str) -> cm.BoolArray:
+    cm.check_3d(mask, name)
+    if not cm.same_grid(mask, reference):
+        mask = cm.resample_like(reference, sitk.Cast(mask > 0, sitk.sitkUInt8), nearest=True)
+    return cm.to_mask(mask)
+
+
+def segment_ablation_zone(
+    body: sitk.Image,
+    cement: sitk.Image,
+    enhancing: sitk.Image,
+    stir: sitk.Image | None,
+    *,
+    stir_ratio: float = 1.6,
+    marrow_percentile: float = 25.0,
+    fallback_radius_mm: float = 10.0,
+) -> sitk.Image:
+    """The non-enhancing region around the cement inside the body (cement excluded).
+
+    Candidates are body voxels that are neither cement nor enhancing. With STIR (resampled
+    onto the body grid), the ablation zone is oedema-bright: STIR above ``stir_ratio`` x the
+    normal-marrow STIR level, taken as the ``marrow_percentile`` percentile of the candidates
+    deeper than 2.5 mm inside the body, away from the dark cortex (phantom: marrow 140,
+    ablation zone 380, so the threshold ~225 sits between them). Only the
+    components touching the cement (within 2 mm) are kept, and holes enclosed by zone + cement
+    are filled, except enhancing voxels (residual tumour stays out). Without STIR, the zone is
+    the non-enhancing body within ``fallback_radius_mm`` of the cement, connected to it (a
+    coarse stand-in, logged as such).
+
+    Parameters
+    ----------
+    body, cement, enhancing : SimpleITK.Image
+        Masks (same frame of reference); the result is on ``body``'s grid.
+    stir : SimpleITK.Image or None
+        STIR image of the same frame of reference.
+    stir_ratio : float
+        Oedema threshold as a multiple of the normal-marrow STIR level.
+    marrow_percentile : float
+        Percentile of the candidates' STIR taken as the normal-marrow level.
+    fallback_radius_mm : float
+        Radius (mm) of the zone around the cement when no STIR is available.
+
+    Returns
+    -------
+    SimpleITK.Image
+        uint8 0/1 mask on ``body``'s grid (empty when the cement or the body is empty).
+
+    Raises
+    ------
+    ValueError
+        If an image is not 3D or ``stir_ratio`` <= 1.
+    """
+    cm.check_3d(body, "body")
+    if stir_ratio <= 1.0:
+        raise ValueError(f"stir_ratio must be > 1, got {stir_ratio}")
+    body_m = cm.to_mask(body)
+    cement_m = _on_grid(body, cement, "cement")
+    enh_m = _on_grid(body, enhancing, "enhancing")
+    spacing = cm.spacing_zyx(body)
+    candidate = body_m & ~cement_m & ~enh_m
+    if not cement_m.any() or not candidate.any():
+        logger.info("ablation zone: empty (no cement or no non-enhancing body voxel)")
+        return cm.mask_image(np.zeros_like(body_m), body)
+    near_cement = cm.dilate_mm(cement_m, spacing, 2.0)
+    if stir is not None:
+        cm.check_3d(stir, "stir")
+        stir_arr = cm.to_array(stir if cm.same_grid(stir, body) else cm.resample_like(body, stir))
+        interior = candidate & cm.erode_mm(body_m, spacing, 2.5)  # away from the dark cortex
+        reference = interior if interior.sum() >= 50 else candidate
+        marrow = float(np.percentile(stir_arr[reference], marrow_percentile))
+        hot = candidate & (stir_arr > stir_ratio * marrow)
+        logger.info(
+            "ablation zone: STIR > %.0f (%.1f x marrow %.0f)", stir_ratio * marrow, stir_ratio, marrow
+        )
+    else:
+        hot = candidate & cm.dilate_mm(cement_m, spacing, fallback_radius_mm)
+        logger.info(
+            "ablation zone: no STIR, non-enhancing body within %.1f mm of the cement", fallback_radius_mm
+        )
+    zone = cm.component_touching(hot, near_cement)
+    zone = cm.fill_holes(zone | cement_m) & candidate
+    return cm.mask_image(zone, body)
+
+
+def residual_roi(body: sitk.Image, cement: sitk.Image, margin_mm: float = 10.0) -> sitk.Image:
+    """Where residual enhancing tissue is searched: the body grown by ``margin_mm``, cement excluded.
+
+    The growth is Euclidean in physical units (exact on anisotropic voxels), so it reaches the
+    epidural and paravertebral surroundings within ``margin_mm`` of the body (SPEC default 10).
+
+    Parameters
+    ----------
+    body, cement : SimpleITK.Image
+        Masks of the same frame of reference; the result is on ``body``'s grid.
+    margin_mm : float
+        Margin (mm), >= 0.
+
+    Returns
+    -------
+    SimpleITK.Image
+        uint8 0/1 mask.
+
+    Raises
+    ------
+    ValueError
+        If ``margin_mm`` is negative or an image is not 3D.
+    """
+    cm.check_3d(body, "body")
+    if margin_mm < 0:
+        raise ValueError(f"margin_mm must be >= 0, got {margin_mm}")
+    body_m = cm.to_mask(body)
+    cement_m = _on_grid(body, cement, "cement")
+    roi = cm.dilate_mm(body_m, cm.spacing_zyx(body), margin_mm) & ~cement_m
+    return cm.mask_image(roi, body)
