@@ -27,7 +27,7 @@ $(SAMPLE)/treatments.csv: | $(STAMP)
 # `crav run` exits 1 when the run finished with problems to look at (the sample holds
 # deliberately broken files): still show where the results are; fail on anything worse.
 demo: $(STAMP) $(SAMPLE)/treatments.csv
-	@status=0; $(BIN)/crav run --input $(SAMPLE) --output $(DEMO) || status=$$?; \
+	@status=0; $(BIN)/crav run --input $(SAMPLE) --output $(DEMO) --quiet-period 0 || status=$$?; \
 	if [ $$status -gt 1 ]; then exit $$status; fi; \
 	echo ""; \
 	echo "Results in $(DEMO)/:"; \

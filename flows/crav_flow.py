@@ -62,13 +62,14 @@ def _file_accounting_csv(catalog_url: str) -> str:
 
 
 def run_export(input_dir: Path, output_dir: Path, registry: Path | None = None, patients: list[str] | None = None,
-               force: bool = False, settings_path: Path | None = None) -> int:
+               force: bool = False, settings_path: Path | None = None,
+               overrides: dict[str, Any] | None = None) -> int:
     """Entry point of ``crav run``: 0 when everything ran clean, 1 when something needs a look."""
     _hermetic_prefect_env()
     from prefect import flow, task
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    settings = load_settings(settings_path)
+    settings = load_settings(settings_path, overrides)
     (output_dir / "patients").mkdir(parents=True, exist_ok=True)
     catalog_url = f"sqlite:///{(output_dir / 'catalog.sqlite').resolve()}"
     registry = registry or input_dir / "treatments.csv"

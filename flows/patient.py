@@ -149,7 +149,8 @@ class LesionVisitResult:
 def _analyse(lv: LesionVisitResult, seed: sitk.Image, is_pre: bool, j0: LesionVisitResult | None,
              transform: sitk.Transform | None, settings: Settings) -> None:
     img = lv.study
-    body = vertebra.segment_body(img.t1, seed, stir=img.stir)
+    muscle = img.cement.muscle_signal if img.cement is not None else None
+    body = vertebra.segment_body(img.t1, seed, stir=img.stir, muscle_signal=muscle)
     if not body.ok:
         lv.notes.append(f"vertebral body: {body.reason}")
     lv.body = body.mask
@@ -269,10 +270,10 @@ def process_patient(patient_id: str, lesions: list[Lesion], catalog: Catalog, ou
                 continue
             lv = LesionVisitResult(assign, img)
             is_pre = assign.days_from_procedure < 0
-            landmark = None
+            landmark = j0_mass.centroid_mm  # no cement before treatment: start from the J0 position
+            if img.cement is None:
+                img.cement = cement.find_cement_mr(img.t1, img.stir, muscle_ratio=settings.cement_mr_muscle_ratio)
             if not is_pre:
-                if img.cement is None:
-                    img.cement = cement.find_cement_mr(img.t1, img.stir, muscle_ratio=settings.cement_mr_muscle_ratio)
                 near = sorted(img.cement.masses,
                               key=lambda m: float(np.linalg.norm(np.subtract(m.centroid_mm, j0_mass.centroid_mm))))
                 if near and np.linalg.norm(np.subtract(near[0].centroid_mm, j0_mass.centroid_mm)) < 25.0:

@@ -157,6 +157,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         patients=args.patient or None,
         force=args.force,
         settings_path=args.settings,
+        overrides={"quiet_period_s": args.quiet_period} if args.quiet_period is not None else None,
     )
     return int(code)
 
@@ -214,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="process an export folder and write the results",
         description="Process every registry lesion found in the export folder: visits, segmentation, "
                     "measurements, classification; write lesions.csv, measurements.csv, cohort_summary "
-                    "and patients/<id>/ (SPEC.md section 6). Unchanged inputs are not recomputed. "
+                    "and patients/<id>/ (SPEC.md section 6). "
                     "Exit code 1 when the run finished but some file or lesion needs a look.")
     p.add_argument("--input", type=Path, required=True, metavar="DIR", help="PACS export folder")
     p.add_argument("--output", type=Path, required=True, metavar="DIR",
@@ -223,9 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="treatments.csv (default: treatments.csv at the root of the input folder)")
     p.add_argument("--patient", action="extend", nargs="+", metavar="ID",
                    help="process only these PatientIDs (repeatable)")
-    p.add_argument("--force", action="store_true", help="recompute even when the inputs are unchanged")
+    p.add_argument("--force", action="store_true",
+                   help="recompute even when the inputs are unchanged (this version recomputes every run)")
     p.add_argument("--settings", type=Path, metavar="TOML",
                    help="TOML file overriding settings (names as in pipeline/settings.py)")
+    p.add_argument("--quiet-period", type=float, metavar="S",
+                   help="seconds a file must stay unmodified before it is used (setting quiet_period_s, "
+                        "default 60); 0 for a complete export such as sample_dicom/")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser(

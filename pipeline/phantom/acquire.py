@@ -210,7 +210,7 @@ def acquire_study(p: ds.PatientDesign, study: ds.StudyDesign, si: int, col: an.C
         for ph in range(profile.dce_phases):
             when = t0 + dt.timedelta(minutes=10.0, seconds=float(times[ph]))
             for _ in range(profile.dce_slices):
-                per_slice.append({"TemporalPositionIdentifier": ph + 1, "TriggerTime": float(times[ph] * 1000.0),
+                per_slice.append({"TemporalPositionIdentifier": ph + 1,
                                   "AcquisitionTime": when.strftime("%H%M%S.%f")[:13]})
         emit("DCE", 10, dce, dyn.reshape(-1, *dyn.shape[2:]),
              {**base_tags, "NumberOfTemporalPositions": profile.dce_phases}, 10.0, per_slice=per_slice)

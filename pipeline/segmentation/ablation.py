@@ -75,7 +75,8 @@ def segment_ablation_zone(
     if not cement_m.any() or not candidate.any():
         logger.info("ablation zone: empty (no cement or no non-enhancing body voxel)")
         return cm.mask_image(np.zeros_like(body_m), body)
-    near_cement = cm.dilate_mm(cement_m, spacing, 2.0)
+    # "touching" must reach at least the neighbouring voxel, whatever the voxel size
+    near_cement = cm.dilate_mm(cement_m, spacing, max(2.0, 1.01 * max(spacing)))
     if stir is not None:
         cm.check_3d(stir, "stir")
         stir_arr = cm.to_array(stir if cm.same_grid(stir, body) else cm.resample_like(body, stir))

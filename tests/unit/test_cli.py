@@ -112,7 +112,10 @@ def test_run_calls_flow_with_typed_arguments(tmp_path: Path, monkeypatch: pytest
                        str(registry), "--patient", "A", "B", "--patient", "C", "--force"], capsys)
     assert code == 1  # the flow's "finished with problems" is passed through
     assert seen == {"input_dir": export, "output_dir": tmp_path / "o", "registry": registry,
-                    "patients": ["A", "B", "C"], "force": True, "settings_path": None}
+                    "patients": ["A", "B", "C"], "force": True, "settings_path": None, "overrides": None}
+    _run(["run", "--input", str(export), "--output", str(tmp_path / "o"), "--registry", str(registry),
+          "--quiet-period", "0"], capsys)
+    assert seen["overrides"] == {"quiet_period_s": 0.0}
 
 
 def test_phantom_calls_generator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
