@@ -77,7 +77,9 @@ def run_export(input_dir: Path, output_dir: Path, registry: Path | None = None, 
     scan_task = task(name="scan-export", retries=1)(scan_step)
     patient_task = task(name="process-patient")(patient_step)
 
-    @flow(name="crav-run", task_runner=ThreadPoolTaskRunner(max_workers=settings.max_workers), log_prints=False)
+    runner: Any = ThreadPoolTaskRunner(max_workers=settings.max_workers)
+
+    @flow(name="crav-run", task_runner=runner, log_prints=False)
     def crav_run() -> int:
         reg = read_registry(registry)
         problems = [f"treatments.csv line {p.line}: {p.reason}" for p in reg.problems]

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
-class SeriesRole(str, Enum):
+class SeriesRole(StrEnum):
     """Role of a series in the follow-up protocol (SPEC section 2)."""
 
     CT = "CT"
@@ -26,7 +26,7 @@ class SeriesRole(str, Enum):
     OTHER = "OTHER"
 
 
-class Visit(str, Enum):
+class Visit(StrEnum):
     """Follow-up visit (SPEC section 2)."""
 
     PRE = "PRE"
@@ -54,7 +54,7 @@ VISIT_WINDOWS_DAYS: dict[Visit, tuple[int, int, int]] = {
 }
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     """Per-lesion verdict (SPEC section 5)."""
 
     LOCAL_CONTROL = "local_control"

@@ -154,8 +154,9 @@ def acquire_study(p: ds.PatientDesign, study: ds.StudyDesign, si: int, col: an.C
                            t0 + dt.timedelta(minutes=minutes), tags)
         n = vol.shape[0]
         paths = namer.names(namer.series_dir(), n)
-        write_series(paths, spec, sspec, geom, vol, per_slice_tags=per_slice,
-                     compress=role in profile.compress_roles and (profile.name == "sample" or p.index % 3 == 2), instance_offset=offset)
+        compress = role in profile.compress_roles and (profile.name == "sample" or p.index % 3 == 2)
+        write_series(paths, spec, sspec, geom, vol, per_slice_tags=per_slice, compress=compress,
+                     instance_offset=offset)
         series.setdefault(role, suid)
         n_files += n
 
@@ -193,7 +194,7 @@ def acquire_study(p: ds.PatientDesign, study: ds.StudyDesign, si: int, col: an.C
     tumour = (1.0, 1200.0, prng.uniform(0.15, 0.35), prng.uniform(0.3, 0.4), prng.uniform(0.03, 0.06))
     params[an.TUMOUR] = params[an.RESIDUAL] = tumour
     n_pre = int(rng.integers(3, 6)) if profile.dce_phases >= 20 else 3
-    times = np.arange(profile.dce_phases) * profile.dce_dt_s
+    times = np.arange(profile.dce_phases, dtype=np.float64) * profile.dce_dt_s
     injection = (n_pre - 0.5) * profile.dce_dt_s + float(rng.uniform(-2.0, 2.0))
     curves = rd.dce_curves(params, times, injection, 5.0, 12.0) * 10000.0  # (L, T)
     bias = rd.bias_field(dce, rng)

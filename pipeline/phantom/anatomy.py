@@ -139,7 +139,8 @@ class Column:
     _base: NDArray[np.uint8] | None = field(default=None, repr=False)
 
     def axes(self) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-        return tuple(self.origin_mm[i] + self.spacing_mm * np.arange(self.shape[i]) for i in range(3))  # type: ignore[return-value]
+        x, y, z = (self.origin_mm[i] + self.spacing_mm * np.arange(self.shape[i]) for i in range(3))
+        return x, y, z
 
     def centre_y_mm(self, z: NDArray[np.float64]) -> NDArray[np.float64]:
         return np.asarray(self.curvature * (z - self.z_mid_mm) ** 2 / 1000.0)
@@ -222,20 +223,20 @@ def _base_labels(col: Column, treated_levels: set[str]) -> NDArray[np.uint8]:
     z = ax[2][None, None, :]
     yc = col.centre_y_mm(z)
     yp = y - yc
-    zk = np.array([v.center_mm[2] for v in col.vertebrae])
+    zk = np.array([vb.center_mm[2] for vb in col.vertebrae])
     order = np.argsort(zk)
     half_w = np.interp(z, zk[order], [col.vertebrae[i].width_mm / 2 for i in order])
     half_d = np.interp(z, zk[order], [col.vertebrae[i].depth_mm / 2 for i in order])
     lab = np.full(col.shape, FAT, dtype=np.uint8)
-    lab[np.broadcast_to(yp > SKIN_Y_MM - 0.0 * x, col.shape)] = AIR
+    lab[np.broadcast_to(yp > SKIN_Y_MM, col.shape)] = AIR
     canal_y = half_d + 9.0
     for sx in (-1.0, 1.0):
         musc = ((x - sx * 27) / 19) ** 2 + ((yp - canal_y - 26) / 21) ** 2 <= 1
         lab[np.broadcast_to(musc, col.shape)] = MUSCLE
         l1 = col.vertebrae[0].center_mm[2]
-        for v in col.vertebrae:
-            if v.level == "T12":
-                l1 = v.center_mm[2]
+        for vb in col.vertebrae:
+            if vb.level == "T12":
+                l1 = vb.center_mm[2]
         psoas_r = np.clip((l1 - z) / 80.0, 0, 1) * 16 + 0.01
         psoas = ((x - sx * (half_w + psoas_r + 2)) / psoas_r) ** 2 + (yp / (psoas_r * 1.1)) ** 2 <= 1
         lab[np.broadcast_to(psoas, col.shape)] = MUSCLE
@@ -253,7 +254,8 @@ def _base_labels(col: Column, treated_levels: set[str]) -> NDArray[np.uint8]:
         cy = vert.depth_mm / 2 + 9.0
         ring = ((u / 17.0) ** 2 + ((v - cy) / 14.0) ** 2 <= 1) & ~((u / 11.0) ** 2 + ((v - cy) / 8.0) ** 2 <= 1)
         arch = ring & (v > vert.depth_mm / 2 - 1) & (np.abs(w + 1.5) <= 0.32 * vert.heights_mm[2])
-        spinous = (np.abs(u) <= 3.5) & (v > cy + 6) & (v < cy + 36) & (np.abs(w + 0.12 * (v - cy)) <= 0.28 * vert.heights_mm[2])
+        slant = np.abs(w + 0.12 * (v - cy)) <= 0.28 * vert.heights_mm[2]
+        spinous = (np.abs(u) <= 3.5) & (v > cy + 6) & (v < cy + 36) & slant
         sub[arch | spinous] = POSTERIOR
         if vert.level not in treated_levels:
             body = body_shape(u, v, w, vert, vert.heights_mm)
@@ -319,10 +321,12 @@ def draw_treated(col: Column, lab: NDArray[np.uint8], vert: Vertebra, geom: Lesi
     residual = np.zeros(body.shape, dtype=bool)
     allowed = (inner | canal_front) & ~cement & ~abl
     voxel_ml = col.spacing_mm**3 / 1000.0
-    for blob, target in ((geom.residual, state.residual_ml), (geom.new_nodule, state.new_nodule_ml)):
-        if blob is not None and target > 0:
-            scale = scale_for_volume(target, (blob,), u, v, w, allowed, voxel_ml)
-            residual |= blob.inside(u, v, w, scale) & allowed
+    nodules: tuple[tuple[Blob | None, float], ...] = ((geom.residual, state.residual_ml),
+                                                     (geom.new_nodule, state.new_nodule_ml))
+    for nodule, target in nodules:
+        if nodule is not None and target > 0:
+            scale = scale_for_volume(target, (nodule,), u, v, w, allowed, voxel_ml)
+            residual |= nodule.inside(u, v, w, scale) & allowed
     sub[abl] = ABLATION
     if state.rim_mm > 0:
         rim = (_dist_mm(abl | cement, col.spacing_mm) <= state.rim_mm) & inner & ~abl & ~cement & ~residual
@@ -341,9 +345,10 @@ def scale_for_volume(target_ml: float, blobs: tuple[Blob, ...], u: NDArray[np.fl
     if target_ml <= 0:
         return 0.0
     ratio = np.min([b.ratio(u, v, w) for b in blobs], axis=0)[allowed]
-    n = int(round(target_ml / voxel_ml))
+    n = round(target_ml / voxel_ml)
     if n >= ratio.size:
-        raise ValueError(f"a blob of {target_ml:.2f} mL does not fit in its allowed region ({ratio.size * voxel_ml:.2f} mL)")
+        raise ValueError(f"a blob of {target_ml:.2f} mL does not fit in its allowed region "
+                         f"({ratio.size * voxel_ml:.2f} mL)")
     return float(np.partition(ratio, n - 1)[n - 1]) if n > 0 else 0.0
 
 

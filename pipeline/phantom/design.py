@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 
@@ -26,7 +26,7 @@ SCHEDULE_DAYS: dict[Visit, tuple[int, int]] = {  # nominal day, jitter (days) ke
 FOLLOW_UPS = (Visit.M1, Visit.M3, Visit.M6, Visit.M12)
 
 
-class Course(str, Enum):
+class Course(StrEnum):
     """Designed course of a lesion."""
 
     CONTROL_NO_RESIDUAL = "control_no_residual"
@@ -90,7 +90,7 @@ def _course_quota(n: int, rng: np.random.Generator) -> list[Course]:
     courses = ([Course.FAILURE_RESIDUAL] * n_res_fail + [Course.CONTROL_RESIDUAL] * (n_res - n_res_fail)
                + [Course.FAILURE_NEW_NODULE] * n_nores_fail
                + [Course.CONTROL_NO_RESIDUAL] * (n_nores - n_nores_fail))
-    rng.shuffle(courses)  # type: ignore[arg-type]
+    rng.shuffle(courses)
     return courses
 
 

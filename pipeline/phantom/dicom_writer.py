@@ -13,6 +13,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.uid import (
+    UID,
     CTImageStorage,
     ExplicitVRLittleEndian,
     MRImageStorage,
@@ -208,9 +209,9 @@ def write_series(out_paths: list[Path], study: StudySpec, series: SeriesSpec, ge
         ds.add_new(0x7FE00010, "OW", stored[k].tobytes())
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = sop_class
-        meta.MediaStorageSOPInstanceUID = sop
+        meta.MediaStorageSOPInstanceUID = UID(sop)
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = IMPLEMENTATION_UID
+        meta.ImplementationClassUID = UID(IMPLEMENTATION_UID)
         meta.ImplementationVersionName = "CRAV_PHANTOM_1"
         path.parent.mkdir(parents=True, exist_ok=True)
         if compress:

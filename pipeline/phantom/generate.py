@@ -67,7 +67,7 @@ def _lesion_geometry(rng: np.random.Generator, col: an.Column, vert: an.Vertebra
             r = np.array([0.28 * w2, 0.3 * d2, 0.3 * h]) * rng.uniform(0.8, 1.2, 3) * (0.6 + 0.6 * f)
             blobs.append(an.random_blob(rng, (float(c[0]), float(c[1]), float(c[2])),
                                         (float(r[0]), float(r[1]), float(r[2])), 0.1))
-    box, u, v, w = an.local_coords(col, vert)
+    _, u, v, w = an.local_coords(col, vert)
     allowed = an.body_shape(u, v, w, vert, vert.heights_mm, an.CORTEX_MM + 0.5)
     voxel_ml = col.spacing_mm**3 / 1000.0
     cement_scale = an.scale_for_volume(d.cement_ml, tuple(blobs), u, v, w, allowed, voxel_ml)
@@ -165,15 +165,16 @@ def _generate(out_dir: Path, patients: list[ds.PatientDesign], profile: Profile,
         results = [generate_patient(p, out_dir, profile) for p in patients]
     n_noise = add_export_noise(out_dir / "export", patients[0], seed, profile)
     _write_registry(out_dir / "treatments.csv", patients)
-    truth = {
+    lesions = [les for r in results for les in r["lesions"]]
+    truth: dict[str, Any] = {
         "generator": "pipeline.phantom", "seed": seed, "profile": profile.name,
-        "lesions": [les for r in results for les in r["lesions"]],
+        "lesions": lesions,
         "studies": [st for r in results for st in r["studies"]],
         "export_noise": n_noise,
     }
     (out_dir / "truth.json").write_text(json.dumps(truth, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     n_files = sum(r["n_files"] for r in results)
-    return CohortResult(out_dir, len(patients), len(truth["lesions"]), n_files)
+    return CohortResult(out_dir, len(patients), len(lesions), n_files)
 
 
 def generate_cohort(out_dir: Path, n_patients: int, seed: int, workers: int | None = None) -> CohortResult:
@@ -189,7 +190,7 @@ def generate_cohort(out_dir: Path, n_patients: int, seed: int, workers: int | No
 def sample_design() -> list[ds.PatientDesign]:
     """The bundled sample: 3 patients, 4 lesions covering the four courses the README describes."""
     patients = ds.design_cohort(3, SAMPLE_SEED)
-    wanted = [
+    wanted: list[list[tuple[ds.Course, str | None, Visit | None]]] = [
         [(ds.Course.CONTROL_NO_RESIDUAL, None, None)],
         [(ds.Course.CONTROL_RESIDUAL, None, None), (ds.Course.CONTROL_NO_RESIDUAL, "wedge", Visit.M3)],
         [(ds.Course.FAILURE_RESIDUAL, None, None)],

@@ -8,7 +8,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pipeline.phantom import anatomy as an
-from pipeline.phantom.signal_models import spgr_signal, tissue_concentration_mM
+from pipeline.phantom.signal_models import spgr_signal, tissue_concentration_millimolar
 
 F64 = NDArray[np.float64]
 
@@ -60,7 +60,7 @@ class Geometry:
         n = np.cross(r, c)
         origin = (np.asarray(centre_mm) - r * pixel_mm * (cols - 1) / 2 - c * pixel_mm * (rows - 1) / 2
                   - n * slice_spacing_mm * (n_slices - 1) / 2)
-        return cls(tuple(np.round(origin, 3)), tuple(r), tuple(c), (pixel_mm, pixel_mm),  # type: ignore[arg-type]
+        return cls(tuple(np.round(origin, 3)), tuple(r), tuple(c), (pixel_mm, pixel_mm),
                    slice_spacing_mm, thickness_mm, rows, cols, n_slices)
 
 
@@ -144,6 +144,6 @@ def dce_curves(params: F64, times_s: F64, injection_s: float, tr_ms: float, flip
     t_min = (np.asarray(times_s) - injection_s) / 60.0
     out = np.empty((params.shape[0], t_min.size))
     for i, (m0, t10, ktrans, ve, vp) in enumerate(params):
-        conc = tissue_concentration_mM(t_min, ktrans, ve, vp, hematocrit)
+        conc = tissue_concentration_millimolar(t_min, ktrans, ve, vp, hematocrit)
         out[i] = spgr_signal(m0, t10, conc, tr_ms, flip_deg)
     return out

@@ -18,7 +18,7 @@ _SIGMA = (0.0563, 0.132)  # min
 _ALPHA, _BETA, _S, _TAU = 1.050, 0.1685, 38.078, 0.483
 
 
-def parker_blood_mM(t_min: FloatArray) -> FloatArray:
+def parker_blood_millimolar(t_min: FloatArray) -> FloatArray:
     """Whole-blood gadolinium concentration (mM) of the Parker AIF; zero before arrival (t < 0)."""
     t = np.asarray(t_min, dtype=float)
     cb = np.zeros_like(t)
@@ -28,16 +28,16 @@ def parker_blood_mM(t_min: FloatArray) -> FloatArray:
     return np.where(t >= 0, cb, 0.0)
 
 
-def tissue_concentration_mM(
+def tissue_concentration_millimolar(
     t_min: FloatArray, ktrans_per_min: float, ve: float, vp: float, hematocrit: float
 ) -> FloatArray:
     """Extended Tofts tissue concentration (mM), by exact convolution on a fine grid (0.5 s steps)."""
     t = np.asarray(t_min, dtype=float)
     if ktrans_per_min <= 0:
-        return vp * parker_blood_mM(t) / (1 - hematocrit)
+        return vp * parker_blood_millimolar(t) / (1 - hematocrit)
     dt = 0.5 / 60.0
     fine = np.arange(min(0.0, t.min()), t.max() + dt, dt)
-    cp = parker_blood_mM(fine) / (1 - hematocrit)
+    cp = parker_blood_millimolar(fine) / (1 - hematocrit)
     kep = ktrans_per_min / ve
     kernel = np.exp(-kep * (fine - fine[0]))
     conv = np.convolve(cp, kernel)[: fine.size] * dt
