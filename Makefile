@@ -34,7 +34,8 @@ demo: $(STAMP) $(SAMPLE)/treatments.csv
 	echo "  per lesion:      $(DEMO)/lesions.csv"; \
 	echo "  per visit:       $(DEMO)/measurements.csv"; \
 	echo "  cohort table:    $(DEMO)/cohort_summary.md"; \
-	echo "  per patient:     $(DEMO)/patients/<patient_id>/ (report.html, masks, overlays, seg.dcm, sr.dcm)"; \
+	echo "  per patient:     $(DEMO)/patients/<patient_id>/<lesion_id>/<visit>/ (NIfTI masks)"; \
+	echo "  every input file: $(DEMO)/files.csv (used, ignored or quarantined, with the reason)"; \
 	if [ $$status -eq 1 ]; then echo "The run finished with problems: see the reasons in the files above."; fi
 
 # pytest exit code 5 (no tests collected) is a failure like any other non-zero code.
