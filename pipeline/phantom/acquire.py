@@ -65,6 +65,8 @@ class FileNamer:
         self.root, self.rng = root, rng
         self.study_dir = root / self._hex(8)
         self.style = int(rng.integers(0, 3))
+        self.next_number = int(rng.integers(1, 90000))  # IMnnnnnn numbering runs on across the study
+        self.used: set[Path] = set()
 
     def _hex(self, n: int) -> str:
         return "".join(f"{x:x}" for x in self.rng.integers(0, 16, n))
@@ -72,13 +74,21 @@ class FileNamer:
     def series_dir(self) -> Path:
         return self.study_dir / self._hex(6) if self.rng.uniform() < 0.6 else self.study_dir
 
-    def names(self, folder: Path, n: int) -> list[Path]:
-        if self.style == 0:
-            return [folder / self._hex(16) for _ in range(n)]
+    def _name(self, folder: Path) -> Path:
         if self.style == 1:
-            start = int(self.rng.integers(1, 90000))
-            return [folder / f"IM{start + i:06d}" for i in range(n)]
-        return [folder / f"{self._hex(12)}.dcm" for _ in range(n)]
+            self.next_number += 1
+            return folder / f"IM{self.next_number:06d}"
+        return folder / (self._hex(16) if self.style == 0 else f"{self._hex(12)}.dcm")
+
+    def names(self, folder: Path, n: int) -> list[Path]:
+        """``n`` new paths in ``folder``, never one already handed out (series share study folders)."""
+        out: list[Path] = []
+        while len(out) < n:
+            path = self._name(folder)
+            if path not in self.used:
+                self.used.add(path)
+                out.append(path)
+        return out
 
 
 def _oblique(rng: np.random.Generator, row: F64, col: F64, max_deg: float) -> tuple[F64, F64]:
@@ -150,7 +160,8 @@ def acquire_study(p: ds.PatientDesign, study: ds.StudyDesign, si: int, col: an.C
              description: str | None = None, offset: int = 0) -> None:
         nonlocal n_files
         suid = series_uid or uid(spec.study_uid, "series", number)
-        sspec = SeriesSpec(role, suid, number, description or style.descriptions[role], modality,
+        default = (VENDOR_STYLES["SIEMENS"] if modality == "CT" else style).descriptions[role]
+        sspec = SeriesSpec(role, suid, number, description or default, modality,
                            t0 + dt.timedelta(minutes=minutes), tags)
         n = vol.shape[0]
         paths = namer.names(namer.series_dir(), n)

@@ -149,6 +149,7 @@ def design_cohort(n_patients: int, seed: int) -> list[PatientDesign]:
         first = int(prng.integers(VERTEBRAL_LEVELS.index("T10"), VERTEBRAL_LEVELS.index("L4") - n + 2))
         treated = list(VERTEBRAL_LEVELS[first:first + n])
         lo = max(VERTEBRAL_LEVELS.index("T6"), first - int(prng.integers(2, 4)))
+        lo = min(lo, VERTEBRAL_LEVELS.index("L5") - 6)  # a 7-level column that ends at L5 at the lowest
         levels = list(VERTEBRAL_LEVELS[lo:lo + 7])
         if treated[-1] not in levels:
             levels = list(VERTEBRAL_LEVELS[first + n - 6:first + n + 1])

@@ -202,10 +202,10 @@ def write_series(out_paths: list[Path], study: StudySpec, series: SeriesSpec, ge
         ds.ImagePositionPatient = [round(float(x), 4) for x in geom.position(slice_idx)]
         ds.SliceLocation = round(float(np.dot(geom.position(slice_idx), geom.normal)), 4)
         ds.AcquisitionTime = _fmt_time(series.acquisition_time)
-        ds.ContentTime = ds.AcquisitionTime
         if per_slice_tags is not None:
             for key, value in per_slice_tags[k].items():
                 setattr(ds, key, value)
+        ds.ContentTime = ds.AcquisitionTime
         ds.add_new(0x7FE00010, "OW", stored[k].tobytes())
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = sop_class

@@ -22,7 +22,7 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 def genant_grade(ha: float, hm: float, hp: float) -> int:
     """Semi-quantitative Genant grade from the wedge and biconcavity ratios."""
-    reduction = max(1 - ha / hp, 1 - hm / hp, 0.0)
+    reduction = round(max(1 - ha / hp, 1 - hm / hp, 0.0), 9)  # 16/20 is a 20 % reduction, not 19.999...%
     if reduction < 0.20:
         return 0
     if reduction < 0.25:
