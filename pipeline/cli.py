@@ -159,7 +159,33 @@ def _cmd_run(args: argparse.Namespace) -> int:
         settings_path=args.settings,
         overrides={"quiet_period_s": args.quiet_period} if args.quiet_period is not None else None,
     )
+    _print_run_summary(output_dir)
     return int(code)
+
+
+def _print_run_summary(output_dir: Path) -> None:
+    """A few lines for a person: verdicts, what became of the input files, problems met."""
+    import csv
+    import json
+    from collections import Counter
+
+    lesions_csv, files_csv, run_json = (output_dir / n for n in ("lesions.csv", "files.csv", "run.json"))
+    if lesions_csv.is_file():
+        with lesions_csv.open(newline="", encoding="utf-8") as fh:
+            outcomes = Counter(r["outcome"] for r in csv.DictReader(fh))
+        print(f"{sum(outcomes.values())} lesion(s): " + ", ".join(f"{n} {o}" for o, n in sorted(outcomes.items())))
+    if files_csv.is_file():
+        with files_csv.open(newline="", encoding="utf-8") as fh:
+            status = Counter(r["status"] for r in csv.DictReader(fh))
+        print(f"{sum(status.values())} input file(s): " + ", ".join(f"{n} {s}" for s, n in sorted(status.items()))
+              + f" (each with its reason in {files_csv})")
+    if run_json.is_file():
+        problems = json.loads(run_json.read_text(encoding="utf-8")).get("problems", [])
+        for line in problems[:10]:
+            print(f"problem: {line}")
+        if len(problems) > 10:
+            print(f"... and {len(problems) - 10} more problem(s) in {run_json}")
+    print(f"results in {output_dir}")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

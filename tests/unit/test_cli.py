@@ -173,3 +173,15 @@ def test_scan_of_a_folder_without_dicom(tmp_path: Path, capsys: pytest.CaptureFi
 def test_scan_with_unsupported_catalog_url(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _run(["scan", "--input", str(tmp_path), "--catalog", "postgres://db/crav"], capsys)
     assert code == 2 and err.startswith("crav scan: error: --catalog postgres://db/crav")
+
+
+def test_run_summary_counts_outcomes_files_and_problems(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "lesions.csv").write_text("lesion_id,outcome\nA,local_control\nB,local_failure\nC,local_control\n")
+    (tmp_path / "files.csv").write_text("path,status,reason,series_uid\na,indexed,,1\nb,quarantined,truncated,\n")
+    (tmp_path / "run.json").write_text('{"problems": ["treatments.csv line 3: bad date"]}')
+    cli._print_run_summary(tmp_path)
+    out = capsys.readouterr().out
+    assert "3 lesion(s): 2 local_control, 1 local_failure" in out
+    assert "2 input file(s): 1 indexed, 1 quarantined" in out
+    assert "problem: treatments.csv line 3: bad date" in out
