@@ -283,6 +283,8 @@ def process_patient(patient_id: str, lesions: list[Lesion], catalog: Catalog, ou
                     lv.notes.append("treated cement mass not found at this visit")
             reg = registration.register_rigid(j0_img.t1, img.t1, fixed_landmark_mm=j0_mass.centroid_mm,
                                               moving_landmark_mm=landmark, crop_center_mm=j0_mass.centroid_mm)
+            if not np.isfinite(reg.metric):
+                lv.notes.append(f"registration to J0 failed, initial alignment kept: {reg.reason}")
             seed = lv.cement_mask if lv.cement_mask is not None else _sphere_seed(
                 img.t1, reg.transform.TransformPoint(j0_mass.centroid_mm), 6.0)
             _analyse(lv, seed, is_pre, j0_lv, reg.transform, settings)

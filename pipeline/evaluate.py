@@ -5,10 +5,10 @@ Lesion rows are matched by ``lesion_id``; visit rows by ``lesion_id`` + ``timepo
 Accuracies count a matched pair whose prediction is empty as wrong; missing and unexpected
 rows are counted apart. Errors are computed over pairs where both sides hold a number.
 
-Example
--------
->>> report = evaluate(Path("sample_dicom/truth.json"), Path("out/demo"))  # doctest: +SKIP
->>> print(format_report(report))  # doctest: +SKIP
+Example (after ``make demo``)::
+
+    report = evaluate(Path("sample_dicom/truth.json"), Path("out/demo"))
+    print(format_report(report))
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Response assessment: pure functions from arrays, spacing and numbers to measurements and verdicts.
 
 Modules: :mod:`.enhancement` (relative enhancement, enhancing mask, rim removal, residual and
-new-nodule volumes), :mod:`.dce` (Parker AIF, Tofts model and fit, signal to concentration,
-curve descriptors), :mod:`.height` (vertebral heights, height loss, Genant grade),
+new-nodule volumes), :mod:`.dce` (Parker AIF, Tofts model, signal to concentration,
+curve descriptors), :mod:`.dce_fit` (vectorised Tofts fit), :mod:`.height` (vertebral heights,
+height loss, Genant grade),
 :mod:`.classify` (per-lesion verdict) and :mod:`.cohort` (study table, agreement).
 
 Nothing here reads or writes files, imports pydicom, prefect, ``pipeline.ingest`` or
@@ -13,13 +14,12 @@ from pipeline.response.classify import Verdict, VisitSummary, classify_lesion
 from pipeline.response.cohort import agreement, cohort_markdown, cohort_table
 from pipeline.response.dce import (
     CurveDescriptors,
-    FitResult,
     curve_descriptors,
-    fit_tofts,
     parker_aif,
     signal_to_concentration,
     tofts,
 )
+from pipeline.response.dce_fit import FitResult, fit_tofts
 from pipeline.response.enhancement import (
     EnhancementMaps,
     enhancing_mask,

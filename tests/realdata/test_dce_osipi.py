@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.response.dce import fit_tofts, parker_aif
+from pipeline.response.dce import parker_aif
+from pipeline.response.dce_fit import fit_tofts
 
 pytestmark = pytest.mark.realdata
 

@@ -11,12 +11,12 @@ from pipeline.response.dce import (
     concentration_to_signal,
     curve_descriptors,
     exp_convolution,
-    fit_tofts,
     parker_aif,
     parker_blood,
     signal_to_concentration,
     tofts,
 )
+from pipeline.response.dce_fit import fit_tofts
 
 
 def test_parker_values_and_haematocrit() -> None:
