@@ -106,30 +106,60 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _ProgressBar:
+    """A one-line progress bar on stderr, drawn only for a terminal and a long scan."""
+
+    def __init__(self, label: str, min_total: int = 500) -> None:
+        self.label, self.min_total = label, min_total
+        self.enabled = sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled or total < self.min_total:
+            return
+        width = 30
+        filled = int(width * done / max(total, 1))
+        end = "\n" if done >= total else ""
+        print(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end=end,
+              file=sys.stderr, flush=True)
+
+
 def _cmd_scan(args: argparse.Namespace) -> int:
-    _existing_dir(args.input, "input folder")
+    input_dir: Path = _existing_dir(args.input, "input folder")
     _check_settings(args.settings)
     scan = _import("pipeline.ingest.scan", "scan")
     catalog_mod = _import("pipeline.ingest.catalog", "scan")
+    from pipeline.ingest.registry import read_registry
+    from pipeline.outputs.scan_report import format_scan_report
     from pipeline.settings import load_settings
 
-    settings = load_settings(args.settings)
+    overrides = {"quiet_period_s": args.quiet_period} if args.quiet_period is not None else None
+    settings = load_settings(args.settings, overrides)
+    registry: Path | None = args.registry
+    if registry is not None:
+        _existing_file(registry, "registry")
+    elif (input_dir / "treatments.csv").is_file():
+        registry = input_dir / "treatments.csv"
+    lesions = []
+    if registry is not None:
+        reg = read_registry(registry)
+        lesions = reg.lesions
+        for problem in reg.problems:
+            print(f"{registry.name} line {problem.line}: {problem.reason}", file=sys.stderr)
     try:
         catalog = catalog_mod.Catalog.open(args.catalog)
     except ValueError as exc:  # not a SQLite URL
         raise UsageError(f"--catalog {args.catalog}: {exc}") from exc
     try:
-        report = scan.scan_export(args.input, catalog, quiet_period_s=settings.quiet_period_s)
+        report = scan.scan_export(input_dir, catalog, quiet_period_s=settings.quiet_period_s,
+                                  progress=_ProgressBar("reading headers"), workers=settings.max_workers)
+        counts = ("new", "changed", "unchanged", "deleted")
+        print(f"scanned {input_dir}: " + ", ".join(f"{getattr(report, k, 0)} {k}" for k in counts))
+        print(format_scan_report(catalog, lesions, root=input_dir))
     finally:
         catalog.close()
-    counts = ("new", "changed", "unchanged", "deleted", "indexed", "ignored", "quarantined", "arriving")
-    print(f"scanned {args.input}: " + ", ".join(f"{getattr(report, k, 0)} {k}" for k in counts))
-    changed = getattr(report, "changed_patients", None)
-    if changed:
-        print(f"patients with new or changed files: {len(changed)}")
     quarantined = getattr(report, "quarantined", 0)
     if quarantined:
-        where = "in the catalog" if args.catalog != ":memory:" else "in a catalog kept with --catalog FILE"
+        where = "in the catalog" if args.catalog != ":memory:" else "above"
         print(f"{quarantined} file(s) quarantined; their reasons are {where}", file=sys.stderr)
         return EXIT_PROBLEMS
     return EXIT_OK
@@ -235,7 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--catalog", default=":memory:", metavar="URL",
                    help="catalog location: sqlite:///path/catalog.db or a plain file path "
                         "(default: in memory, nothing kept between scans)")
+    p.add_argument("--registry", type=Path, metavar="FILE",
+                   help="treatments.csv, to show each study's visit (default: treatments.csv at the root of "
+                        "the input folder, when present)")
     p.add_argument("--settings", type=Path, metavar="TOML", help="TOML file overriding settings")
+    p.add_argument("--quiet-period", type=float, metavar="S",
+                   help="seconds a file must stay unmodified before it is read (setting quiet_period_s)")
     p.set_defaults(func=_cmd_scan)
 
     p = sub.add_parser(
