@@ -23,6 +23,8 @@ from pipeline.ingest.catalog import Catalog
 from pipeline.ingest.registry import read_registry
 from pipeline.ingest.scan import ScanReport, scan_export
 from pipeline.outputs.atomic import atomic_write_text
+from pipeline.outputs.paths import safe_path_component
+from pipeline.outputs.patient_state import fingerprint, load_patient_state, save_patient_state
 from pipeline.outputs.tables import write_cohort_summary, write_lesions_csv, write_measurements_csv
 from pipeline.response.cohort import cohort_markdown, cohort_table
 from pipeline.settings import Settings, load_settings
@@ -61,6 +63,22 @@ def _file_accounting_csv(catalog_url: str) -> str:
     return buf.getvalue()
 
 
+def _not_run(les: Lesion) -> LesionResult:
+    from flows.patient import _indeterminate
+
+    return _indeterminate(les, "not processed yet: this run was limited with --patient; run without it")
+
+
+def _patient_files(catalog_url: str) -> dict[str, list[tuple[str, int, int]]]:
+    """(path, size, mtime_ns) of every readable file, by PatientID: what a patient's results depend on."""
+    out: dict[str, list[tuple[str, int, int]]] = {}
+    with Catalog.open(catalog_url) as catalog:
+        for rec in catalog.file_accounting():
+            if rec.patient_id and rec.status in ("indexed", "ignored"):
+                out.setdefault(rec.patient_id, []).append((str(rec.path), rec.size, rec.mtime_ns))
+    return out
+
+
 def run_export(input_dir: Path, output_dir: Path, registry: Path | None = None, patients: list[str] | None = None,
                force: bool = False, settings_path: Path | None = None,
                overrides: dict[str, Any] | None = None) -> int:
@@ -86,14 +104,42 @@ def run_export(input_dir: Path, output_dir: Path, registry: Path | None = None, 
         report = scan_task(input_dir, catalog_url, settings)
         by_patient: dict[str, list[Lesion]] = {}
         for les in reg.lesions:
-            if patients and les.patient_id not in patients:
-                continue
             by_patient.setdefault(les.patient_id, []).append(les)
-        futures = {pid: patient_task.submit(pid, les, catalog_url, output_dir, settings)
-                   for pid, les in sorted(by_patient.items())}
+        files = _patient_files(catalog_url)
+        decisions: dict[str, str] = {}
+        fingerprints: dict[str, str] = {}
         results: list[LesionResult] = []
         rows: list[VisitMeasurement] = []
         last_fu: dict[str, dt.date] = {}
+        futures = {}
+        for pid, patient_lesions in sorted(by_patient.items()):
+            fp = fingerprints[pid] = fingerprint(files.get(pid, []), patient_lesions, settings.as_dict(),
+                                                 __version__)
+            state = output_dir / "patients" / safe_path_component(pid) / "state.json"
+            if patients and pid not in patients:  # --patient: the others keep their previous results
+                kept = load_patient_state(state, None)
+                if kept is None:
+                    decisions[pid] = "not processed: not among --patient and no previous results"
+                    results.extend(_not_run(les) for les in patient_lesions)
+                else:
+                    decisions[pid] = "kept: not among --patient, previous results carried over"
+                    results.extend(kept[0])
+                    rows.extend(kept[1])
+                    last_fu.update(kept[2])
+                    problems.extend(kept[3])
+                continue
+            cached = None if force else load_patient_state(state, fp)
+            if cached is not None:
+                decisions[pid] = "unchanged: inputs, registry rows, settings and software as in the previous run"
+                results.extend(cached[0])
+                rows.extend(cached[1])
+                last_fu.update(cached[2])
+                problems.extend(cached[3])
+                continue
+            decisions[pid] = ("recomputed: --force" if force else "recomputed: no previous results"
+                              if not state.exists() else "recomputed: inputs, registry rows or settings changed")
+            futures[pid] = patient_task.submit(pid, patient_lesions, catalog_url, output_dir, settings)
+        log.info("%d patient(s) unchanged and reused, %d recomputed", len(by_patient) - len(futures), len(futures))
         for pid, fut in futures.items():
             try:
                 out = fut.result()
@@ -109,6 +155,8 @@ def run_export(input_dir: Path, output_dir: Path, registry: Path | None = None, 
             rows.extend(out.measurements)
             last_fu.update(out.last_follow_up)
             problems.extend(out.problems)
+            save_patient_state(output_dir / "patients" / safe_path_component(pid) / "state.json", fingerprints[pid],
+                               out.results, out.measurements, out.last_follow_up, out.problems)
         order = {les.lesion_id: i for i, les in enumerate(reg.lesions)}
         results.sort(key=lambda r: order.get(r.lesion.lesion_id, 0))
         write_lesions_csv(output_dir / "lesions.csv", results)
@@ -118,7 +166,7 @@ def run_export(input_dir: Path, output_dir: Path, registry: Path | None = None, 
         atomic_write_text(output_dir / "files.csv", _file_accounting_csv(catalog_url))
         atomic_write_text(output_dir / "run.json", json.dumps({
             "software": {"crav-followup": __version__, "python": platform.python_version()},
-            "settings": settings.as_dict(), "problems": problems,
+            "settings": settings.as_dict(), "problems": problems, "patients": decisions,
             "scan": {"new": report.new, "changed": report.changed, "unchanged": report.unchanged,
                      "deleted": report.deleted, "arriving": report.arriving, "quarantined": report.quarantined,
                      "ignored": report.ignored},
