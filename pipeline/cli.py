@@ -277,8 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="process an export folder and write the results",
         description="Process every registry lesion found in the export folder: visits, segmentation, "
                     "measurements, classification; write lesions.csv, measurements.csv, cohort_summary "
-                    "and patients/<id>/ (SPEC.md section 6). "
-                    "Exit code 1 when the run finished but some file or lesion needs a look.")
+                    "and patients/<id>/ (SPEC.md section 6). A patient whose input files, registry rows and "
+                    "settings did not change since the previous run into the same output folder is not "
+                    "recomputed. Exit code 1 when the run finished but some file or lesion needs a look.")
     p.add_argument("--input", type=Path, required=True, metavar="DIR", help="PACS export folder")
     p.add_argument("--output", type=Path, required=True, metavar="DIR",
                    help="results folder (created when missing; must not be inside the input folder)")
@@ -287,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patient", action="extend", nargs="+", metavar="ID",
                    help="process only these PatientIDs (repeatable)")
     p.add_argument("--force", action="store_true",
-                   help="recompute even when the inputs are unchanged (this version recomputes every run)")
+                   help="recompute every patient, even those whose inputs, registry rows and settings are unchanged")
     p.add_argument("--settings", type=Path, metavar="TOML",
                    help="TOML file overriding settings (names as in pipeline/settings.py)")
     p.add_argument("--quiet-period", type=float, metavar="S",
