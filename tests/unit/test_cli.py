@@ -167,7 +167,7 @@ def test_scan_of_a_folder_without_dicom(tmp_path: Path, capsys: pytest.CaptureFi
     toml.write_text("quiet_period_s = 0\n")
     code, out, err = _run(["scan", "--input", str(tmp_path), "--settings", str(toml)], capsys)
     assert code == 0, err
-    assert out.startswith(f"scanned {tmp_path}:") and "1 ignored" in out and "0 indexed" in out
+    assert out.startswith(f"scanned {tmp_path}: 1 new") and "1 file(s): 1 ignored" in out and "README.txt" in out
 
 
 def test_scan_with_unsupported_catalog_url(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
