@@ -212,6 +212,11 @@ def process_patient(patient_id: str, lesions: list[Lesion], catalog: Catalog, ou
     """Analyse every registry lesion of one patient; never raises for bad images (reasons are kept)."""
     problems: list[str] = []
     series = catalog.series(patient_id)
+    if not series:
+        reason = ("no DICOM series with this PatientID in the export: check the registry's patient_id "
+                  "against the PACS export")
+        return PatientOutcome(patient_id, [_indeterminate(les, reason) for les in lesions], [],
+                              [f"patient {patient_id}: {reason}"], {}, [])
     studies = {s.study_uid: s for s in catalog.studies(patient_id)}
     mr_studies = {uid: st for uid, st in studies.items()
                   if any(s.study_uid == uid and s.role == SeriesRole.T1 for s in series)}
