@@ -1,7 +1,8 @@
 """SQLite catalog of the export folder: every file with its status, and the series index.
 
 Only header fields needed downstream are stored (never PatientName or PatientBirthDate);
-all SQL is parameterised.
+all SQL is parameterised. A file name that is not valid UTF-8 (a Linux path holding arbitrary
+bytes) is stored as a BLOB of its raw bytes and comes back as the same ``str`` (``os.fsdecode``).
 
 Example
 -------
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -24,6 +26,9 @@ from typing import Any
 from pipeline.domain import SeriesRole
 
 FILE_STATUSES = ("indexed", "ignored", "quarantined", "arriving")
+#: Reason prefix of files quarantined because their series is claimed by several PatientIDs
+#: (recomputed on every scan: the conflict goes away when its cause does).
+IDENTITY_CONFLICT = "identity conflict: "
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -118,6 +123,34 @@ def parse_da(value: str | None) -> dt.date | None:
         return dt.date(int(text[:4]), int(text[4:6]), int(text[6:]))
     except ValueError:
         return None
+
+
+def _db_path(path: str) -> str | bytes:
+    """A path as stored: text, or its raw bytes when it is not valid UTF-8 (undecodable file names)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+    return path
+
+
+def _py_path(value: str | bytes) -> str:
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
+def _db_text(value: Any) -> Any:
+    """Text that SQLite accepts: lone surrogates (from undecodable bytes) are escaped."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
+def _loose_id(patient_id: str) -> str:
+    """A PatientID compared loosely: case, spaces and punctuation ignored (``sion 007`` ~ ``SION-007``)."""
+    return "".join(ch for ch in patient_id.casefold() if ch.isalnum())
 
 
 def _path_from_url(url: str | Path) -> str:
@@ -221,7 +254,7 @@ class Catalog:
             if sop in seen:
                 continue
             seen.add(sop)
-            out.append(Path(path))
+            out.append(Path(_py_path(path)))
         return out
 
     def dynamic_files(self, group_id: str) -> list[Path]:
@@ -249,7 +282,7 @@ class Catalog:
             "SELECT path, size, mtime_ns, status, reason, patient_id, study_uid, series_uid, sop_uid "
             "FROM files ORDER BY path"
         )
-        return [FileRecord(Path(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8]) for r in rows]
+        return [FileRecord(Path(_py_path(r[0])), r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8]) for r in rows]
 
     def studies(self, patient_id: str) -> list[StudyRecord]:
         """Studies of one patient, by date."""
@@ -270,12 +303,69 @@ class Catalog:
             counts[status] = n
         return counts
 
+    def unknown_patients(self, patient_ids: Iterable[str]) -> dict[str, str]:
+        """Registry patients with no usable DICOM series, each with a reason a radiologist can read.
+
+        Parameters
+        ----------
+        patient_ids
+            PatientIDs of the treatment registry (duplicates allowed).
+
+        Returns
+        -------
+        dict
+            ``{patient_id: reason}`` in first-seen order, only for the patients without any
+            series in the catalog: either no file carries that PatientID (with a hint when a
+            PatientID differing only in case, spaces or punctuation exists), or every such file
+            was quarantined / ignored (with the most common reason). Empty when all are present.
+
+        Example
+        -------
+        >>> Catalog.open(":memory:").unknown_patients(["SION-007"])
+        {'SION-007': 'no DICOM image with this PatientID in the export folder'}
+        """
+        known = set(self.patients())
+        out: dict[str, str] = {}
+        others: dict[str, list[str]] | None = None
+        for patient_id in dict.fromkeys(patient_ids):
+            if patient_id in known:
+                continue
+            rows = self._db.execute(
+                "SELECT status, reason, COUNT(*) AS n FROM files WHERE patient_id = ? "
+                "GROUP BY status, reason ORDER BY n DESC, status, reason",
+                (_db_text(patient_id),),
+            ).fetchall()
+            if rows:
+                total = sum(r[2] for r in rows)
+                status, reason, n = rows[0]
+                out[patient_id] = (
+                    f"{total} file(s) with this PatientID but no usable series: {n} {status}"
+                    + (f" ({reason})" if reason else "")
+                    + (f" and {total - n} other(s)" if total > n else "")
+                )
+                continue
+            if others is None:
+                others = {}
+                for (other,) in self._db.execute("SELECT DISTINCT patient_id FROM files WHERE patient_id IS NOT NULL"):
+                    others.setdefault(_loose_id(other), []).append(other)
+            similar = others.get(_loose_id(patient_id), []) if _loose_id(patient_id) else []
+            reason = "no DICOM image with this PatientID in the export folder"
+            if similar:
+                reason += f" (similar PatientID {similar[0]!r} found: check the registry spelling)"
+            unread = self._db.execute(
+                "SELECT COUNT(*) FROM files WHERE patient_id IS NULL AND status = 'quarantined'"
+            ).fetchone()[0]
+            if unread:
+                reason += f"; {unread} unreadable file(s) in the export could belong to anyone"
+            out[patient_id] = reason
+        return out
+
     # ------------------------------------------------------------------ writing (used by scan)
 
     def file_states(self) -> dict[str, tuple[int, int, str, str | None]]:
         """path -> (size, mtime_ns, status, patient_id) for every known file."""
         rows = self._db.execute("SELECT path, size, mtime_ns, status, patient_id FROM files")
-        return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
+        return {_py_path(r[0]): (r[1], r[2], r[3], r[4]) for r in rows}
 
     def upsert_files(self, rows: Iterable[Sequence[Any]]) -> None:
         """Insert or replace rows (path, size, mtime_ns, status, reason, patient_id, study_uid,
@@ -283,43 +373,97 @@ class Catalog:
         self._db.executemany(
             "INSERT OR REPLACE INTO files (path, size, mtime_ns, status, reason, patient_id, study_uid, "
             "series_uid, sop_uid, header) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(*r[:9], json.dumps(r[9], separators=(",", ":")) if r[9] is not None else None) for r in rows],
+            [
+                (
+                    _db_path(r[0]),
+                    *r[1:3],
+                    *(_db_text(v) for v in r[3:9]),
+                    json.dumps(r[9], separators=(",", ":")) if r[9] is not None else None,
+                )
+                for r in rows
+            ],
         )
 
     def delete_files(self, paths: Iterable[str]) -> None:
-        self._db.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in paths])
+        self._db.executemany("DELETE FROM files WHERE path = ?", [(_db_path(p),) for p in paths])
 
     def patient_file_headers(self, patient_id: str) -> list[tuple[str, str, str, dict[str, Any]]]:
         """(path, series_uid, sop_uid, header) of the readable DICOM files of a patient."""
         rows = self._db.execute(
             "SELECT path, series_uid, sop_uid, header FROM files WHERE patient_id = ? "
             "AND header IS NOT NULL AND status IN ('indexed', 'ignored') ORDER BY path",
-            (patient_id,),
+            (_db_text(patient_id),),
         )
-        return [(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+        return [(_py_path(r[0]), r[1], r[2], json.loads(r[3])) for r in rows]
+
+    def identity_conflict_files(self) -> dict[str, tuple[str | None, str]]:
+        """path -> (PatientID, reason) of the files quarantined for an identity conflict."""
+        rows = self._db.execute(
+            "SELECT path, patient_id, reason FROM files WHERE status = 'quarantined' AND reason LIKE ?",
+            (IDENTITY_CONFLICT + "%",),
+        )
+        return {_py_path(r[0]): (r[1], r[2]) for r in rows}
+
+    def release_identity_conflicts(self) -> None:
+        """Put the files quarantined for an identity conflict back to 'indexed' (the scan then looks
+        for conflicts again, :meth:`series_patient_conflicts`, and recomputes what changed)."""
+        self._db.execute(
+            "UPDATE files SET status = 'indexed', reason = '' WHERE status = 'quarantined' AND reason LIKE ?",
+            (IDENTITY_CONFLICT + "%",),
+        )
+
+    def series_patient_conflicts(self) -> dict[str, dict[str, int]]:
+        """SeriesInstanceUIDs whose readable files carry several PatientIDs -> {PatientID: file count}."""
+        rows = self._db.execute(
+            "SELECT series_uid, patient_id, COUNT(*) FROM files WHERE status IN ('indexed', 'ignored') "
+            "AND header IS NOT NULL AND series_uid IN (SELECT series_uid FROM files "
+            "WHERE status IN ('indexed', 'ignored') AND header IS NOT NULL AND series_uid IS NOT NULL "
+            "GROUP BY series_uid HAVING COUNT(DISTINCT patient_id) > 1) "
+            "GROUP BY series_uid, patient_id ORDER BY series_uid, patient_id"
+        )
+        out: dict[str, dict[str, int]] = {}
+        for series_uid, patient_id, count in rows:
+            out.setdefault(series_uid, {})[patient_id] = count
+        return out
+
+    def quarantine_series(self, series_uid: str, reason: str, patient_ids: Iterable[str] | None = None) -> None:
+        """Quarantine the readable files of a series (only those of ``patient_ids`` when given)."""
+        sql = (
+            "UPDATE files SET status = 'quarantined', reason = ? WHERE series_uid = ? "
+            "AND status IN ('indexed', 'ignored') AND header IS NOT NULL"
+        )
+        if patient_ids is None:
+            self._db.execute(sql, (_db_text(reason), series_uid))
+            return
+        self._db.executemany(
+            sql + " AND patient_id = ?", [(_db_text(reason), series_uid, _db_text(p)) for p in patient_ids]
+        )
 
     def set_file_status(self, updates: Iterable[tuple[str, str, str]]) -> None:
         """Apply (status, reason, path) updates."""
-        self._db.executemany("UPDATE files SET status = ?, reason = ? WHERE path = ?", list(updates))
+        self._db.executemany(
+            "UPDATE files SET status = ?, reason = ? WHERE path = ?",
+            [(status, _db_text(reason), _db_path(path)) for status, reason, path in updates],
+        )
 
     def replace_patient_series(self, patient_id: str, records: Iterable[SeriesRecord]) -> None:
         """Replace every series row of one patient."""
-        self._db.execute("DELETE FROM series WHERE patient_id = ?", (patient_id,))
+        self._db.execute("DELETE FROM series WHERE patient_id = ?", (_db_text(patient_id),))
         self._db.executemany(
             "INSERT OR REPLACE INTO series (series_uid, study_uid, patient_id, study_date, modality, role, "
             "role_reason, description, frame_of_reference_uid, n_files, dynamic_group, dynamic_index, "
             "series_number, acquisition_time_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
-                    s.series_uid,
-                    s.study_uid,
-                    s.patient_id,
+                    _db_text(s.series_uid),
+                    _db_text(s.study_uid),
+                    _db_text(s.patient_id),
                     s.study_date.isoformat() if s.study_date else None,
-                    s.modality,
+                    _db_text(s.modality),
                     s.role.value,
-                    s.role_reason,
-                    s.description,
-                    s.frame_of_reference_uid,
+                    _db_text(s.role_reason),
+                    _db_text(s.description),
+                    _db_text(s.frame_of_reference_uid),
                     s.n_files,
                     s.dynamic_group,
                     s.dynamic_index,

@@ -15,6 +15,7 @@ Example
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections import defaultdict
 from collections.abc import Sequence
@@ -35,6 +36,14 @@ from pipeline.ingest.headers import (
 FAT_SAT_OPTIONS = frozenset({"FS", "SFS", "FAT_SAT", "FATSAT", "SAT_GEMS", "SPIR", "SPAIR", "CHESS", "WE"})
 #: InversionTime range (ms) of a short-tau inversion recovery (STIR) at 1.5 T.
 STIR_TI_MS = (90.0, 250.0)
+#: Smallest angle (degrees) between two image planes counted as distinct (three such planes in one
+#: series make a three-plane scout).
+MULTIPLANE_MIN_DEG = 45.0
+#: Modalities of objects computed from other images (never an acquisition to measure).
+DERIVED_MODALITIES = {
+    "SEG": "a segmentation object, not an acquired image",
+    "RTDOSE": "a computed radiotherapy dose grid, not an acquired image",
+}
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,7 @@ class SeriesSummary:
     matrix: tuple[int, int] | None
     acquisition_time_s: float | None
     n_images: int
+    n_planes: int = 1  # image planes at least MULTIPLANE_MIN_DEG apart
 
     @property
     def fat_sat_options(self) -> tuple[str, ...]:
@@ -99,6 +109,21 @@ def _slice_projection(h: Header) -> tuple[tuple[float, ...] | None, float | None
     return tuple(round(v, 3) for v in iop), sum(p * q for p, q in zip(ipp, n, strict=True))
 
 
+def _distinct_planes(orientations: set[tuple[float, ...]]) -> int:
+    """Number of image planes at least ``MULTIPLANE_MIN_DEG`` apart among ImageOrientationPatient values."""
+    planes: list[tuple[float, ...]] = []
+    for o in sorted(orientations):
+        cross = (o[1] * o[5] - o[2] * o[4], o[2] * o[3] - o[0] * o[5], o[0] * o[4] - o[1] * o[3])
+        length = math.sqrt(sum(v * v for v in cross))
+        if length < 1e-6:
+            continue
+        n = tuple(v / length for v in cross)
+        cosines = (abs(sum(a * b for a, b in zip(n, m, strict=True))) for m in planes)
+        if all(math.degrees(math.acos(min(1.0, c))) >= MULTIPLANE_MIN_DEG for c in cosines):
+            planes.append(n)
+    return max(len(planes), 1)
+
+
 def summarise_series(headers: Sequence[Header]) -> SeriesSummary:
     """Collapse the headers of one series into a :class:`SeriesSummary`.
 
@@ -123,10 +148,12 @@ def summarise_series(headers: Sequence[Header]) -> SeriesSummary:
     }
     per_position: dict[float, set[tuple[str, str]]] = defaultdict(set)
     orientation: tuple[float, ...] | None = None
+    orientations: set[tuple[float, ...]] = set()
     for h in headers:
         iop, proj = _slice_projection(h)
         if iop is not None and proj is not None:
             orientation = orientation or iop
+            orientations.add(iop)
             per_position[round(proj, 1)].add(
                 (header_text(h, "AcquisitionTime"), header_text(h, "TriggerTime"))
             )
@@ -161,6 +188,7 @@ def summarise_series(headers: Sequence[Header]) -> SeriesSummary:
         matrix=(int(rows), int(cols)) if rows is not None and cols is not None else None,
         acquisition_time_s=min(times) if times else None,
         n_images=len(headers),
+        n_planes=_distinct_planes(orientations),
     )
 
 
@@ -206,6 +234,16 @@ def decide_role_from_summary(s: SeriesSummary) -> RoleDecision:
     if "LOCALIZER" in s.image_type or "SCOUT" in s.image_type:
         return RoleDecision(SeriesRole.LOCALIZER, f"ImageType={_joined(s.image_type)} has LOCALIZER")
     derived = bool(s.image_type) and s.image_type[0] == "DERIVED"
+    if s.modality in DERIVED_MODALITIES:
+        return RoleDecision(
+            SeriesRole.DERIVED, f"Modality={s.modality} ({DERIVED_MODALITIES[s.modality]}) -> DERIVED"
+        )
+    if s.n_planes >= 3 and not derived:
+        return RoleDecision(
+            SeriesRole.LOCALIZER,
+            f"ImageOrientationPatient: images in {s.n_planes} planes at least {MULTIPLANE_MIN_DEG:g} degrees "
+            "apart (a three-plane scout) -> LOCALIZER",
+        )
     if s.modality == "CT":
         if derived:
             return RoleDecision(SeriesRole.DERIVED, "Modality=CT, ImageType DERIVED -> DERIVED")

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.domain import SeriesRole
-from pipeline.ingest.catalog import Catalog, SeriesRecord, parse_da
-from pipeline.ingest.headers import HeaderRead, read_header
+from pipeline.ingest.catalog import IDENTITY_CONFLICT, Catalog, SeriesRecord, parse_da
+from pipeline.ingest.headers import HeaderRead, error_text, header_text, read_header
 from pipeline.ingest.roles import (
     RoleDecision,
+    SeriesSummary,
     decide_role_from_summary,
     group_dynamic_series,
     summarise_series,
@@ -44,7 +45,8 @@ class ScanReport:
 
     ``new``/``changed``/``unchanged``/``deleted`` count files this scan read for the first
     time / read again / skipped / dropped; ``arriving``, ``quarantined`` and ``ignored`` are
-    the numbers of files in that state after the scan.
+    the numbers of files in that state after the scan. ``unlisted_folders`` are folders that
+    could not be listed (permissions): their files are unknown, not silently dropped.
     """
 
     new: int = 0
@@ -56,6 +58,7 @@ class ScanReport:
     ignored: int = 0
     indexed: int = 0
     changed_patients: list[str] = field(default_factory=list)
+    unlisted_folders: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- scan
@@ -63,7 +66,7 @@ class ScanReport:
 
 def _file_row(path: str, size: int, mtime_ns: int, result: HeaderRead) -> tuple[Any, ...]:
     h = result.header or {}
-    ids = (h.get(k) for k in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"))
+    ids = (header_text(h, k) or None for k in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"))
     return (path, size, mtime_ns, result.status, result.reason, *ids, result.header)
 
 
@@ -91,9 +94,9 @@ def _read_headers(paths: list[Path], workers: int | None) -> Iterator[HeaderRead
         yield from map(read_header, paths[done:])
 
 
-def _walk(root: Path, skip: set[str]) -> list[tuple[str, int, int]]:
+def _walk(root: Path, skip: set[str], unlisted: list[str]) -> list[tuple[str, int, int]]:
     found: list[tuple[str, int, int]] = []
-    for dirpath, _dirs, names in os.walk(root):
+    for dirpath, _dirs, names in os.walk(root, onerror=lambda exc: unlisted.append(str(exc.filename))):
         for name in names:
             full = os.path.join(dirpath, name)
             if full in skip:
@@ -101,7 +104,10 @@ def _walk(root: Path, skip: set[str]) -> list[tuple[str, int, int]]:
             try:
                 st = os.stat(full)
             except OSError:
-                continue  # vanished between listing and stat
+                try:
+                    st = os.lstat(full)  # a broken symbolic link: kept, read_header says why
+                except OSError:
+                    continue  # vanished between listing and stat
             found.append((full, st.st_size, st.st_mtime_ns))
     found.sort()
     return found
@@ -152,8 +158,8 @@ def scan_export(
         skip = {db, db + "-wal", db + "-shm", db + "-journal"}
     started = time.perf_counter()
     known = catalog.file_states()
-    found = _walk(root, skip)
     report = ScanReport()
+    found = _walk(root, skip, report.unlisted_folders)
     affected: set[str] = set()
     to_read: list[tuple[str, int, int, bool]] = []
     rows: list[tuple[Any, ...]] = []
@@ -165,7 +171,9 @@ def scan_export(
         if previous is not None and previous[3]:
             affected.add(previous[3])
         age = now - mtime_ns / 1e9
-        if age < quiet_period_s:
+        # A file dated further in the future than the quiet period is a clock problem, not a
+        # file being written: it is read (a partial read is redone when its size changes).
+        if -quiet_period_s <= age < quiet_period_s:
             reason = (
                 f"modified {max(age, 0):.0f} s ago, within the {quiet_period_s:g} s quiet period: "
                 "not used until it stops changing"
@@ -177,8 +185,8 @@ def scan_export(
     for done, ((path, size, mtime_ns, was_known), result) in enumerate(zip(to_read, results, strict=True), 1):
         h = result.header or {}
         rows.append(_file_row(path, size, mtime_ns, result))
-        if h.get("PatientID"):
-            affected.add(str(h["PatientID"]))
+        if header_text(h, "PatientID"):
+            affected.add(header_text(h, "PatientID"))
         if was_known:
             report.changed += 1
         else:
@@ -186,7 +194,8 @@ def scan_export(
         if progress is not None and (done % 200 == 0 or done == len(to_read)):
             progress(done, len(to_read))
     seen = {p for p, _, _ in found}
-    deleted = [p for p in known if p not in seen]
+    unlisted = tuple(folder.rstrip(os.sep) + os.sep for folder in report.unlisted_folders)
+    deleted = [p for p in known if p not in seen and not p.startswith(unlisted)]  # unlisted: kept as they were
     for p in deleted:
         if known[p][3]:
             affected.add(str(known[p][3]))
@@ -194,6 +203,7 @@ def scan_export(
     with catalog.transaction():
         catalog.delete_files(deleted)
         catalog.upsert_files(rows)
+        affected |= _identity_conflicts(catalog)
         for patient_id in sorted(affected):
             _recompute_patient(catalog, patient_id, min_split_dce_phases)
     counts = catalog.status_counts()
@@ -213,7 +223,46 @@ def scan_export(
         elapsed,
         len(affected),
     )
+    if report.unlisted_folders:
+        log.warning("scan: %d folder(s) could not be listed; their files are not in the catalog",
+                    len(report.unlisted_folders))
     return report
+
+
+def _identity_conflicts(catalog: Catalog) -> set[str]:
+    """Quarantine images whose series is claimed by several PatientIDs; the patients to recompute.
+
+    When one PatientID holds more than twice as many of the series' files as all the others
+    together (and at least 2), only the others are quarantined: a corrupt header or an image
+    filed under the wrong patient. Otherwise (a merged or re-registered patient exported twice)
+    no image of the series is used. Conflicts are recomputed from scratch on every scan; only
+    the patients whose conflicts changed are returned.
+    """
+    before = catalog.identity_conflict_files()
+    catalog.release_identity_conflicts()
+    for series_uid, counts in catalog.series_patient_conflicts().items():
+        leader, lead = max(counts.items(), key=lambda kv: (kv[1], kv[0]))
+        others = sum(counts.values()) - lead
+        if lead >= 2 and lead > 2 * others:
+            catalog.quarantine_series(
+                series_uid,
+                f"{IDENTITY_CONFLICT}its PatientID differs from that of the {lead} other image(s) of its series "
+                "(corrupt header, or an image filed under the wrong patient)",
+                [p for p in counts if p != leader],
+            )
+            continue
+        catalog.quarantine_series(
+            series_uid,
+            f"{IDENTITY_CONFLICT}the images of this series carry {len(counts)} different PatientIDs "
+            "(merged or re-registered patient, or a corrupt header); none is used until it is resolved",
+        )
+    after = catalog.identity_conflict_files()
+    changed = {path for path in before.keys() | after.keys() if before.get(path) != after.get(path)}
+    patients = {e[0] for path in changed for e in (before.get(path), after.get(path)) if e is not None and e[0]}
+    involved = {pid for pid, _ in after.values() if pid}
+    if involved:
+        log.warning("scan: %d patient(s) involved in series identity conflicts", len(involved))
+    return patients
 
 
 def _study_date(header: dict[str, Any]) -> str:
@@ -234,10 +283,23 @@ def _recompute_patient(catalog: Catalog, patient_id: str, min_phases: int) -> No
             continue
         primary[sop_uid] = path
         by_series[series_uid].append((path, header))
-    summaries = {uid: summarise_series([h for _, h in items]) for uid, items in by_series.items()}
-    decisions: dict[str, RoleDecision] = {uid: decide_role_from_summary(s) for uid, s in summaries.items()}
+    summaries: dict[str, SeriesSummary] = {}
+    decisions: dict[str, RoleDecision] = {}
+    for uid, items in list(by_series.items()):
+        try:  # headers are checked when read, but one odd series must never stop the scan
+            summaries[uid] = summarise_series([h for _, h in items])
+            decisions[uid] = decide_role_from_summary(summaries[uid])
+        except Exception as exc:
+            reason = f"the series headers cannot be summarised ({error_text(exc)})"
+            updates.extend(("quarantined", reason, path) for path, _ in by_series.pop(uid))
+            summaries.pop(uid, None)
     membership: dict[str, tuple[str, int]] = {}
-    for group in group_dynamic_series(list(summaries.values()), min_phases=min_phases):
+    try:
+        groups = group_dynamic_series(list(summaries.values()), min_phases=min_phases)
+    except Exception as exc:
+        log.warning("scan: split dynamic series not grouped for one patient (%s)", type(exc).__name__)
+        groups = []
+    for group in groups:
         for position, uid in enumerate(group.series_uids):
             membership[uid] = (group.group_id, position)
             decisions[uid] = RoleDecision(

@@ -2,15 +2,20 @@
 
 Slices are sorted by their position along the slice normal (never by InstanceNumber);
 spacing comes from the position differences (never SliceThickness); duplicate instances are
-dropped; missing slices, uneven spacing and gantry tilt are refused with a reason a
+dropped; missing slices, uneven spacing, gantry tilt and several different images at one
+position (a dynamic, several echoes, magnitude and phase) are refused with a reason a
 radiologist can read. Enhanced multi-frame files are read from their per-frame functional
-groups. Pixel values are float32 with RescaleSlope / RescaleIntercept applied.
+groups; Siemens MOSAIC images are unpacked into their slices. Pixel values are float32 with
+RescaleSlope / RescaleIntercept applied. Only :class:`VolumeError` is raised for bad input.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
+import math
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,12 +28,19 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from pipeline.ingest.headers import dicom_time_s, header_floats, header_number, header_text
+from pipeline.ingest.headers import dicom_time_s, header_floats, header_number, header_text, header_values
 
 log = logging.getLogger(__name__)
 
 #: Slices closer than this along the normal (mm) are at the same position.
 SAME_POSITION_MM = 0.01
+#: Largest decoded pixel data (bytes) one file may claim; larger claims are refused undecoded.
+MAX_FILE_PIXEL_BYTES = 2**30
+#: Values of ``component=`` (DICOM ComplexImageComponent).
+COMPONENTS = ("MAGNITUDE", "PHASE", "REAL", "IMAGINARY")
+_SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+# ImageType value 3+ tokens naming the complex component (Siemens M/P/R/I, Philips M/P/R/I, spelled out)
+_TYPE_COMPONENT = {"M": "MAGNITUDE", "P": "PHASE", "R": "REAL", "I": "IMAGINARY"} | {c: c for c in COMPONENTS}
 
 
 class VolumeError(ValueError):
@@ -48,7 +60,7 @@ class _Frame:
     position: np.ndarray
     orientation: np.ndarray
     pixel_spacing: tuple[float, float]
-    slice_thickness: float | None
+    slice_gap: float | None  # SpacingBetweenSlices, else SliceThickness: only for a one-slice volume
     pixels: np.ndarray
     sop_uid: str
     instance: int
@@ -56,6 +68,9 @@ class _Frame:
     temporal: float | None
     time_s: float | None
     trigger_ms: float | None
+    echo_ms: float | None = None
+    component: str = ""
+    source: str = ""  # file name (and frame / tile) for messages
 
 
 # --------------------------------------------------------------------------- reading
@@ -93,6 +108,14 @@ def _pixels(ds: Dataset, name: str) -> np.ndarray:
         raise VolumeError(f"{name}: cannot decode the pixel data (transfer syntax {ts}): {exc}") from exc
 
 
+def _component(explicit: Any, image_type: Sequence[str]) -> str:
+    """MAGNITUDE / PHASE / REAL / IMAGINARY from ComplexImageComponent or ImageType (values 3+), else ''."""
+    text = str(explicit or "").strip().upper()
+    if text in COMPONENTS:
+        return text
+    return next((_TYPE_COMPONENT[t] for t in image_type[2:] if t in _TYPE_COMPONENT), "")
+
+
 def _classic_frame(ds: Dataset, name: str) -> _Frame:
     ipp, iop = header_floats(ds, "ImagePositionPatient"), header_floats(ds, "ImageOrientationPatient")
     ps = header_floats(ds, "PixelSpacing")
@@ -109,7 +132,7 @@ def _classic_frame(ds: Dataset, name: str) -> _Frame:
         position=np.array(ipp),
         orientation=np.array(iop),
         pixel_spacing=(ps[0], ps[1]),
-        slice_thickness=header_number(ds, "SliceThickness"),
+        slice_gap=header_number(ds, "SpacingBetweenSlices") or header_number(ds, "SliceThickness"),
         pixels=_rescaled(
             _pixels(ds, name), header_number(ds, "RescaleSlope"), header_number(ds, "RescaleIntercept")
         ),
@@ -119,7 +142,70 @@ def _classic_frame(ds: Dataset, name: str) -> _Frame:
         temporal=header_number(ds, "TemporalPositionIdentifier"),
         time_s=None if tod is None else tod + (day or 0.0),
         trigger_ms=header_number(ds, "TriggerTime"),
+        echo_ms=header_number(ds, "EchoTime"),
+        component=_component(ds.get("ComplexImageComponent"), header_values(ds, "ImageType")),
+        source=name,
     )
+
+
+def _siemens_csa(ds: Dataset) -> dict[str, list[Any]]:
+    """Items of the Siemens CSA image header (0029,xx10) by tag name; {} when absent or unreadable."""
+    with warnings.catch_warnings():  # nibabel.nicom warns on import that its readers are experimental
+        warnings.simplefilter("ignore", UserWarning)
+        from nibabel.nicom import csareader
+    try:
+        raw = ds.private_block(0x0029, "SIEMENS CSA HEADER")[0x10].value
+        tags = csareader.read(raw)["tags"] if isinstance(raw, bytes) else {}
+    except Exception:  # absent block, or a corrupt header (nibabel raises CSAError, struct.error ...)
+        return {}
+    return {name: list(tag["items"]) for name, tag in tags.items()}
+
+
+def _mosaic_frames(ds: Dataset, name: str) -> list[_Frame]:
+    """Unpack a Siemens MOSAIC (one 3D volume tiled in one 2D image) into its slices.
+
+    As nibabel's ``MosaicWrapper`` and dcm2niix: ``NumberOfImagesInMosaic`` tiles on a
+    ceil(sqrt(n)) square grid, row by row; ImagePositionPatient is that of the whole mosaic,
+    so it is moved to the centre-aligned first tile; tiles follow the CSA SliceNormalVector,
+    SpacingBetweenSlices apart.
+    """
+    csa = _siemens_csa(ds)
+    n = (csa.get("NumberOfImagesInMosaic") or [0])[0]
+    slice_normal = csa.get("SliceNormalVector") or []
+    if not n or len(slice_normal) != 3:
+        raise VolumeError(
+            f"{name}: Siemens MOSAIC without NumberOfImagesInMosaic / SliceNormalVector in its CSA header: "
+            "its slices cannot be unpacked"
+        )
+    n, rows, cols = int(n), int(ds.Rows), int(ds.Columns)
+    grid = math.ceil(math.sqrt(n))
+    gap = header_number(ds, "SpacingBetweenSlices")
+    if rows % grid or cols % grid:
+        raise VolumeError(f"{name}: a MOSAIC of {rows}x{cols} pixels cannot hold {n} equal tiles")
+    if gap is None or gap <= 0:
+        raise VolumeError(f"{name}: Siemens MOSAIC without SpacingBetweenSlices: the slice positions are unknown")
+    whole = _classic_frame(ds, name)
+    r, c = rows // grid, cols // grid
+    tiles = whole.pixels.reshape(grid, r, grid, c).transpose(0, 2, 1, 3).reshape(grid * grid, r, c)[:n]
+    row_cos, col_cos = _unit(whole.orientation[:3]), _unit(whole.orientation[3:])
+    normal = np.cross(row_cos, col_cos)
+    dot = float(np.dot(np.asarray(slice_normal, dtype=float), normal))
+    if abs(abs(dot) - 1.0) > 1e-3:
+        raise VolumeError(f"{name}: the CSA SliceNormalVector is not perpendicular to the image plane")
+    normal = normal if dot > 0 else -normal
+    ps = whole.pixel_spacing
+    first = whole.position + col_cos * ps[0] * (rows - r) / 2 + row_cos * ps[1] * (cols - c) / 2
+    return [
+        dataclasses.replace(
+            whole,
+            position=first + k * gap * normal,
+            pixels=np.ascontiguousarray(tiles[k]),
+            sop_uid=f"{whole.sop_uid}#{k + 1}",
+            slice_gap=gap,
+            source=f"{name} tile {k + 1}",
+        )
+        for k in range(n)
+    ]
 
 
 def _group_value(frame: Dataset, shared: Dataset | None, sequence: str, keyword: str) -> Any:
@@ -143,27 +229,34 @@ def _enhanced_frames(ds: Dataset, name: str) -> list[_Frame]:
         raise VolumeError(
             f"{name}: {pixels.shape[0]} frames of pixels but {len(per_frame)} frame descriptions"
         )
+    image_type = header_values(ds, "ImageType")
     frames = []
     for i, item in enumerate(per_frame):
-        ipp = _group_value(item, shared, "PlanePositionSequence", "ImagePositionPatient")
-        iop = _group_value(item, shared, "PlaneOrientationSequence", "ImageOrientationPatient")
-        ps = _group_value(item, shared, "PixelMeasuresSequence", "PixelSpacing")
+
+        def value(sequence: str, keyword: str, item: Dataset = item) -> Any:
+            return _group_value(item, shared, sequence, keyword)
+
+        ipp = value("PlanePositionSequence", "ImagePositionPatient")
+        iop = value("PlaneOrientationSequence", "ImageOrientationPatient")
+        ps = value("PixelMeasuresSequence", "PixelSpacing")
         if ipp is None or iop is None or ps is None:
             raise VolumeError(f"{name}: frame {i + 1} lacks plane position, orientation or pixel spacing")
-        slope = _group_value(item, shared, "PixelValueTransformationSequence", "RescaleSlope")
-        intercept = _group_value(item, shared, "PixelValueTransformationSequence", "RescaleIntercept")
-        thickness = _group_value(item, shared, "PixelMeasuresSequence", "SliceThickness")
-        temporal = _group_value(item, shared, "FrameContentSequence", "TemporalPositionIndex")
-        when = _group_value(item, shared, "FrameContentSequence", "FrameAcquisitionDateTime")
-        trigger = _group_value(
-            item, shared, "CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime"
+        slope = value("PixelValueTransformationSequence", "RescaleSlope")
+        intercept = value("PixelValueTransformationSequence", "RescaleIntercept")
+        gap = value("PixelMeasuresSequence", "SpacingBetweenSlices") or value(
+            "PixelMeasuresSequence", "SliceThickness"
         )
+        temporal = value("FrameContentSequence", "TemporalPositionIndex")
+        trigger = value("CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime")
+        echo = value("MREchoSequence", "EffectiveEchoTime")
+        frame_type = value("MRImageFrameTypeSequence", "FrameType") or value("CTImageFrameTypeSequence", "FrameType")
+        component = value("MRImageFrameTypeSequence", "ComplexImageComponent") or ds.get("ComplexImageComponent")
         frames.append(
             _Frame(
                 position=np.array([float(v) for v in ipp]),
                 orientation=np.array([float(v) for v in iop]),
                 pixel_spacing=(float(ps[0]), float(ps[1])),
-                slice_thickness=float(thickness) if thickness is not None else None,
+                slice_gap=float(gap) if gap is not None else None,
                 pixels=_rescaled(
                     pixels[i],
                     float(slope) if slope is not None else None,
@@ -173,11 +266,41 @@ def _enhanced_frames(ds: Dataset, name: str) -> list[_Frame]:
                 instance=i + 1,
                 series_uid=header_text(ds, "SeriesInstanceUID"),
                 temporal=float(temporal) if temporal is not None else None,
-                time_s=_datetime_s(when),
+                time_s=_datetime_s(value("FrameContentSequence", "FrameAcquisitionDateTime")),
                 trigger_ms=float(trigger) if trigger is not None else None,
+                echo_ms=float(echo) if echo is not None else None,
+                component=_component(
+                    component, [str(t).upper() for t in frame_type] if frame_type else image_type
+                ),
+                source=f"{name} frame {i + 1}",
             )
         )
     return frames
+
+
+def _claimed_bytes(ds: Dataset) -> int:
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    return int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * frames * samples * math.ceil(bits / 8)
+
+
+def _dataset_frames(ds: Dataset, name: str) -> list[_Frame]:
+    if str(ds.get("SOPClassUID", "")) == _SEGMENTATION_STORAGE:
+        raise VolumeError(f"{name}: a DICOM SEG (segmentation object) is not an image series")
+    if "PixelData" not in ds and "FloatPixelData" not in ds:
+        raise VolumeError(f"{name}: has no pixel data")
+    claimed = _claimed_bytes(ds)
+    if claimed > MAX_FILE_PIXEL_BYTES:
+        raise VolumeError(
+            f"{name}: claims {claimed / 2**20:.0f} MiB of pixel data (Rows x Columns x frames), more than "
+            f"the {MAX_FILE_PIXEL_BYTES / 2**20:.0f} MiB limit; not decoded"
+        )
+    if "PerFrameFunctionalGroupsSequence" in ds or int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        return _enhanced_frames(ds, name)
+    if "MOSAIC" in header_values(ds, "ImageType"):
+        return _mosaic_frames(ds, name)
+    return [_classic_frame(ds, name)]
 
 
 def _read_frames(files: Sequence[Path]) -> list[_Frame]:
@@ -188,16 +311,43 @@ def _read_frames(files: Sequence[Path]) -> list[_Frame]:
         name = Path(path).name
         try:
             ds = pydicom.dcmread(path, force=False)
+            frames.extend(_dataset_frames(ds, name))
+        except VolumeError:
+            raise
         except InvalidDicomError as exc:
             raise VolumeError(f"{name}: not a DICOM file (no DICM preamble)") from exc
         except (OSError, EOFError) as exc:
             raise VolumeError(f"{name}: cannot be read ({exc})") from exc
-        if "PixelData" not in ds and "FloatPixelData" not in ds:
-            raise VolumeError(f"{name}: has no pixel data")
-        if "PerFrameFunctionalGroupsSequence" in ds or int(ds.get("NumberOfFrames", 1) or 1) > 1:
-            frames.extend(_enhanced_frames(ds, name))
-        else:
-            frames.append(_classic_frame(ds, name))
+        except Exception as exc:  # pydicom / numpy raise many types on malformed values
+            raise VolumeError(f"{name}: malformed DICOM header ({type(exc).__name__}: {exc})") from exc
+    return frames
+
+
+def _select(frames: list[_Frame], component: str | None, echo_time_ms: float | None, what: str) -> list[_Frame]:
+    """Keep the frames of one complex component and one echo (see :func:`load_volume`)."""
+    kinds = sorted({f.component or "unlabelled" for f in frames})
+    if component is not None:
+        wanted = component.strip().upper()
+        if wanted not in COMPONENTS:
+            raise ValueError(f"component={component!r}: expected one of {', '.join(COMPONENTS)} or None")
+        frames = [f for f in frames if f.component == wanted]
+        if not frames:
+            raise VolumeError(f"{what}: no {wanted} images (the series has {', '.join(kinds)} images)")
+    elif len(kinds) > 1 and "MAGNITUDE" in kinds and "unlabelled" not in kinds:
+        magnitude = [f for f in frames if f.component == "MAGNITUDE"]
+        log.info(
+            "%s: magnitude images used; %d %s images left out",
+            what,
+            len(frames) - len(magnitude),
+            "/".join(k for k in kinds if k != "MAGNITUDE"),
+        )
+        frames = magnitude
+    if echo_time_ms is not None:
+        echoes = sorted({f.echo_ms for f in frames if f.echo_ms is not None})
+        frames = [f for f in frames if f.echo_ms is not None and abs(f.echo_ms - echo_time_ms) <= 0.01]
+        if not frames:
+            listed = ", ".join(f"{e:g}" for e in echoes) or "none"
+            raise VolumeError(f"{what}: no images with echo time {echo_time_ms:g} ms (echo times: {listed} ms)")
     return frames
 
 
@@ -206,6 +356,35 @@ def _read_frames(files: Sequence[Path]) -> list[_Frame]:
 
 def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v)
+
+
+def _same_position(f: _Frame, last: _Frame, frames: list[_Frame], what: str) -> None:
+    """Accept ``f`` as a duplicate of ``last`` (same position) or raise why they are not one volume."""
+    if f.sop_uid and f.sop_uid == last.sop_uid:  # (an anonymiser may have emptied every SOPInstanceUID)
+        log.debug("%s: duplicate instance dropped", what)
+        return
+    if f.temporal != last.temporal or f.time_s != last.time_s:
+        raise VolumeError(
+            f"{what}: several images at one slice position with different acquisition times "
+            "(a dynamic series); load it as a dynamic"
+        )
+    if f.echo_ms != last.echo_ms:
+        echoes = ", ".join(f"{e:g}" for e in sorted({g.echo_ms for g in frames if g.echo_ms is not None}))
+        raise VolumeError(
+            f"{what}: several images at one slice position with different echo times ({echoes} ms: a "
+            "multi-echo series); choose one echo (echo_time_ms=)"
+        )
+    if f.component != last.component:
+        raise VolumeError(
+            f"{what}: {last.component or 'unlabelled'} and {f.component or 'unlabelled'} images at one slice "
+            "position; choose one (component=)"
+        )
+    if not np.array_equal(f.pixels, last.pixels):
+        raise VolumeError(
+            f"{what}: two different images at one slice position with the same acquisition time, echo and "
+            f"image type ({last.source} and {f.source}): not one volume"
+        )
+    log.info("%s: %s repeats %s pixel for pixel; dropped", what, f.source, last.source)
 
 
 def _stack(
@@ -225,19 +404,13 @@ def _stack(
     ordered = sorted(frames, key=lambda f: (float(f.position @ normal), f.instance))
     kept: list[_Frame] = [ordered[0]]
     for f in ordered[1:]:
-        last = kept[-1]
-        if abs(float((f.position - last.position) @ normal)) >= SAME_POSITION_MM:
+        if abs(float((f.position - kept[-1].position) @ normal)) >= SAME_POSITION_MM:
             kept.append(f)
-            continue
-        if f.sop_uid != last.sop_uid and (f.temporal != last.temporal or f.time_s != last.time_s):
-            raise VolumeError(
-                f"{what}: several images at one slice position with different acquisition times "
-                "(a dynamic series); load it as a dynamic"
-            )
-        log.debug("%s: duplicate slice position dropped", what)
+        else:
+            _same_position(f, kept[-1], frames, what)
     proj = np.array([float(f.position @ normal) for f in kept])
     if len(kept) == 1:
-        dz = ref.slice_thickness or 1.0
+        dz = ref.slice_gap if ref.slice_gap and ref.slice_gap > 0 else 1.0
     else:
         steps = np.diff(proj)
         shifts = np.diff(np.array([f.position for f in kept]), axis=0)
@@ -272,9 +445,14 @@ def _stack(
 
 
 def load_volume(
-    files: Sequence[Path], *, max_spacing_deviation: float = 0.10, max_tilt_deg: float = 0.5
+    files: Sequence[Path],
+    *,
+    max_spacing_deviation: float = 0.10,
+    max_tilt_deg: float = 0.5,
+    component: str | None = None,
+    echo_time_ms: float | None = None,
 ) -> sitk.Image:
-    """Load one series (classic single-frame files or one enhanced multi-frame file) as a 3D image.
+    """Load one series (classic single-frame files, Siemens mosaics or one enhanced multi-frame file) as 3D.
 
     Parameters
     ----------
@@ -284,6 +462,13 @@ def load_volume(
         Largest relative deviation of a slice gap from the median gap.
     max_tilt_deg
         Largest angle (degrees) between the slice-to-slice shift and the slice normal.
+    component
+        Keep only the images of this complex component (``MAGNITUDE``, ``PHASE``, ``REAL``,
+        ``IMAGINARY``; from ComplexImageComponent or ImageType). None: the magnitude images
+        when the series mixes magnitude with other components (logged), else every image.
+    echo_time_ms
+        Keep only the images of this echo time (ms, within 0.01 ms): needed for a
+        multi-echo series, which is refused otherwise.
 
     Returns
     -------
@@ -295,10 +480,14 @@ def load_volume(
     ------
     VolumeError
         On missing slices, uneven spacing, gantry tilt, mixed orientations or sizes,
-        several acquisition times at one position, or unreadable pixel data.
+        several acquisition times, echoes or components at one position, a DICOM SEG, an
+        unpackable mosaic, a malformed header, or pixel data that cannot (or, over
+        ``MAX_FILE_PIXEL_BYTES``, will not) be decoded.
+    ValueError
+        If ``component`` is not one of :data:`COMPONENTS`.
     """
     return _stack(
-        _read_frames(files),
+        _select(_read_frames(files), component, echo_time_ms, "series"),
         max_spacing_deviation=max_spacing_deviation,
         max_tilt_deg=max_tilt_deg,
         what="series",
@@ -344,14 +533,21 @@ def _phase_times(phases: list[list[_Frame]]) -> np.ndarray:
 
 
 def load_dynamic(
-    files: Sequence[Path], *, max_spacing_deviation: float = 0.10, max_tilt_deg: float = 0.5
+    files: Sequence[Path],
+    *,
+    max_spacing_deviation: float = 0.10,
+    max_tilt_deg: float = 0.5,
+    component: str | None = None,
+    echo_time_ms: float | None = None,
 ) -> DynamicSeries:
     """Load a dynamic (DCE) acquisition as a list of 3D phases and their times.
 
     Phases are split by TemporalPositionIdentifier / TemporalPositionIndex; when absent,
     by series (a DCE exported one series per phase: the order of first appearance in
     ``files`` is the phase order, e.g. ``Catalog.dynamic_files``); otherwise by the
-    distinct acquisition / trigger times at each slice position.
+    distinct acquisition / trigger times at each slice position (Siemens mosaics: one
+    mosaic per phase). ``component`` and ``echo_time_ms`` select images as in
+    :func:`load_volume`.
 
     Returns
     -------
@@ -364,7 +560,7 @@ def load_dynamic(
         If a phase fails the :func:`load_volume` checks, phases differ in geometry, or the
         phase times are unknown or not increasing.
     """
-    frames = _read_frames(files)
+    frames = _select(_read_frames(files), component, echo_time_ms, "dynamic series")
     groups = _split_phases(frames)
     phases = [
         _stack(
