@@ -59,7 +59,9 @@ def _file_accounting_csv(catalog_url: str) -> str:
     wr.writerow(["path", "status", "reason", "series_uid"])
     with Catalog.open(catalog_url) as catalog:
         for rec in catalog.file_accounting():
-            wr.writerow([str(rec.path), rec.status, rec.reason, rec.series_uid or ""])
+            # a file name need not be valid UTF-8: keep its undecodable bytes visible, never crash
+            path = os.fsencode(rec.path).decode("utf-8", "backslashreplace")
+            wr.writerow([path, rec.status, rec.reason, rec.series_uid or ""])
     return buf.getvalue()
 
 
@@ -169,7 +171,7 @@ def run_export(input_dir: Path, output_dir: Path, registry: Path | None = None, 
             "settings": settings.as_dict(), "problems": problems, "patients": decisions,
             "scan": {"new": report.new, "changed": report.changed, "unchanged": report.unchanged,
                      "deleted": report.deleted, "arriving": report.arriving, "quarantined": report.quarantined,
-                     "ignored": report.ignored},
+                     "ignored": report.ignored, "unlisted_folders": report.unlisted_folders},
         }, indent=1, default=str) + "\n")
         return 1 if problems or report.quarantined else 0
 

@@ -213,8 +213,8 @@ def process_patient(patient_id: str, lesions: list[Lesion], catalog: Catalog, ou
     problems: list[str] = []
     series = catalog.series(patient_id)
     if not series:
-        reason = ("no DICOM series with this PatientID in the export: check the registry's patient_id "
-                  "against the PACS export")
+        why = catalog.unknown_patients([patient_id]).get(patient_id, "no usable DICOM series")
+        reason = f"{why}: check the registry's patient_id against the PACS export"
         return PatientOutcome(patient_id, [_indeterminate(les, reason) for les in lesions], [],
                               [f"patient {patient_id}: {reason}"], {}, [])
     studies = {s.study_uid: s for s in catalog.studies(patient_id)}

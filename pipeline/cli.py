@@ -154,6 +154,9 @@ def _cmd_scan(args: argparse.Namespace) -> int:
                                   progress=_ProgressBar("reading headers"), workers=settings.max_workers)
         counts = ("new", "changed", "unchanged", "deleted")
         print(f"scanned {input_dir}: " + ", ".join(f"{getattr(report, k, 0)} {k}" for k in counts))
+        for folder in getattr(report, "unlisted_folders", []):
+            print(f"folder could not be listed (permissions?), its files were kept as they were: {folder}",
+                  file=sys.stderr)
         print(format_scan_report(catalog, lesions, root=input_dir))
     finally:
         catalog.close()

@@ -4,7 +4,9 @@ SPEC section 7: identifiers never become raw path components. The result matches
 ``^[A-Za-z0-9._+=@-]+$``, is never ``.`` or ``..``, never starts with ``.`` (no hidden
 files), and is deterministic. When any character had to be changed (or the text was
 shortened), a short hash of the original text is appended, so two different identifiers
-never share a folder (``a/b`` and ``a_b`` stay apart).
+never share a folder (``a/b`` and ``a_b`` stay apart). Text holding lower-case letters also
+gets the hash, so that identifiers differing only in case (``sion-1``, ``SION-1``) stay apart on
+case-insensitive file systems.
 
 Example
 -------
@@ -12,6 +14,8 @@ Example
 'SION-007'
 >>> safe_path_component("../x")
 '_._x-d6b96a97'
+>>> safe_path_component("sion-1") != safe_path_component("SION-1").lower()
+True
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ def safe_path_component(text: str) -> str:
     Returns
     -------
     str
-        ``text`` itself when it is already safe; otherwise the text with every other
+        ``text`` itself when it is already safe and has no lower-case letter; otherwise the text with every other
         character replaced by ``_`` (accents dropped first: ``é`` -> ``e``), a leading
         ``.`` replaced, shortened to 100 characters, plus ``-`` and 8 hex digits of the
         SHA-256 of the original text.
@@ -58,7 +62,8 @@ def safe_path_component(text: str) -> str:
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
-    if SAFE_COMPONENT.match(text) and not text.startswith(".") and len(text) <= _MAX_LEN:
+    if (SAFE_COMPONENT.match(text) and not text.startswith(".") and len(text) <= _MAX_LEN
+            and text == text.upper()):
         return text
     # Drop accents (é -> e) so names stay readable; everything else non-ASCII becomes '_'.
     folded = unicodedata.normalize("NFKD", text)

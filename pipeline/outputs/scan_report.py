@@ -10,6 +10,7 @@ Example
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,14 +23,19 @@ from pipeline.ingest.visits import VisitAssignment, assign_visits
 EXAMPLES_PER_REASON = 3
 
 
+def _text(path: Path) -> str:
+    """A path as text even when its name is not valid UTF-8 (undecodable bytes shown escaped)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def _relative(path: Path, root: Path | None) -> str:
     if root is not None:
         for base in (root, root.resolve()):
             try:
-                return str(path.relative_to(base))
+                return _text(path.relative_to(base))
             except ValueError:
                 continue
-    return str(path)
+    return _text(path)
 
 
 def _reason_kind(reason: str) -> str:
@@ -95,9 +101,8 @@ def format_scan_report(catalog: Catalog, lesions: Sequence[Lesion], root: Path |
             date = st.study_date.isoformat() if isinstance(st.study_date, dt.date) else "no StudyDate"
             out.append(f"  study {date} {'/'.join(st.modalities)}: {_visit_text(st.study_uid, assignments)}")
             out.extend(_series_lines([s for s in series if s.study_uid == st.study_uid]))
-    missing = sorted(set(by_patient) - set(patients))
-    for pid in missing:
-        out.append(f"\npatient {pid}: in the registry ({len(by_patient[pid])} lesion(s)) but no DICOM file found")
+    for pid, reason in catalog.unknown_patients(by_patient).items():
+        out.append(f"\npatient {pid}: in the registry ({len(by_patient[pid])} lesion(s)) but {reason}")
     out.extend(_set_aside(files, root))
     return "\n".join(out)
 

@@ -17,5 +17,5 @@ def test_registry_patient_without_dicom_is_indeterminate_with_reason(tmp_path: P
     out = process_patient("GHOST-1", lesions, Catalog.open(":memory:"), tmp_path, Settings())
     assert [r.lesion.lesion_id for r in out.results] == ["GHOST-1-L2", "GHOST-1-ILIAC"]
     assert all(r.outcome == Outcome.INDETERMINATE for r in out.results)
-    assert all("no DICOM series with this PatientID" in r.reason for r in out.results)
+    assert all("no DICOM image with this PatientID" in r.reason for r in out.results)
     assert out.measurements == [] and out.problems

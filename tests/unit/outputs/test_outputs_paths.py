@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from pipeline.outputs.paths import safe_path_component
+from pipeline.outputs.paths import SAFE_COMPONENT, safe_path_component
 
 SAFE = re.compile(r"^[A-Za-z0-9._+=@-]+$")
 
@@ -26,9 +26,16 @@ def test_result_is_safe(text: str) -> None:
     assert safe_path_component(text) == out  # deterministic
 
 
-@pytest.mark.parametrize("text", ["SION-007", "SION-007-L4", "1.2.840.113619.2.55", "a_b", "x+y=z@w"])
+@pytest.mark.parametrize("text", ["SION-007", "SION-007-L4", "1.2.840.113619.2.55", "A_B", "X+Y=Z@W"])
 def test_safe_text_is_kept(text: str) -> None:
     assert safe_path_component(text) == text
+
+
+@pytest.mark.parametrize(("a", "b"), [("sion-1", "SION-1"), ("Pat_01", "PAT_01"), ("a_b", "A_B")])
+def test_identifiers_differing_only_in_case_get_distinct_folders(a: str, b: str) -> None:
+    sa, sb = safe_path_component(a), safe_path_component(b)
+    assert sa.lower() != sb.lower()  # distinct even on a case-insensitive file system
+    assert sa.startswith(a) and SAFE_COMPONENT.match(sa)
 
 
 def test_replacement_adds_hash_so_no_collision() -> None:

@@ -32,7 +32,7 @@ def test_report_accounts_for_every_file_and_patient(sample_catalog: Catalog, rep
     for pid in {les.patient_id for les in lesions}:
         assert f"patient {pid}: " in text
     assert "patient OTHER-0001: not in the registry" in text
-    assert "patient NO-IMAGES-1: in the registry (1 lesion(s)) but no DICOM file found" in text
+    assert "patient NO-IMAGES-1: in the registry (1 lesion(s)) but no DICOM image with this PatientID" in text
     # every MR study of a registry patient got its visit, with the day offset
     study_lines = [ln for ln in text.splitlines() if ln.startswith("  study ") and " MR:" in ln]
     assert study_lines
