@@ -7,16 +7,18 @@ position (a dynamic, several echoes, magnitude and phase) are refused with a rea
 radiologist can read. Enhanced multi-frame files are read from their per-frame functional
 groups; Siemens MOSAIC images are unpacked into their slices. Pixel values are float32 with
 RescaleSlope / RescaleIntercept applied. Only :class:`VolumeError` is raised for bad input.
+
+The work is shared by three modules: :mod:`pipeline.ingest.frames` (classic and enhanced
+datasets -> frames), :mod:`pipeline.ingest.stacking` (frames -> checked 3D images, dynamic
+phases) and this one (files -> frames, Siemens MOSAIC unpacking, :func:`load_volume`,
+:func:`load_dynamic`); the public names of the other two are importable from here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import logging
 import math
 import warnings
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,23 +30,23 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from pipeline.ingest.headers import dicom_time_s, header_floats, header_number, header_text, header_values
+from pipeline.ingest.frames import COMPONENTS, VolumeError, _classic_frame, _enhanced_frames, _Frame
+from pipeline.ingest.header_fields import header_number, header_values
+from pipeline.ingest.stacking import SAME_POSITION_MM, _phase_times, _select, _split_phases, _stack, _unit
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "COMPONENTS",
+    "MAX_FILE_PIXEL_BYTES",
+    "SAME_POSITION_MM",
+    "DynamicSeries",
+    "VolumeError",
+    "load_dynamic",
+    "load_volume",
+]
 
-#: Slices closer than this along the normal (mm) are at the same position.
-SAME_POSITION_MM = 0.01
 #: Largest decoded pixel data (bytes) one file may claim; larger claims are refused undecoded.
 MAX_FILE_PIXEL_BYTES = 2**30
-#: Values of ``component=`` (DICOM ComplexImageComponent).
-COMPONENTS = ("MAGNITUDE", "PHASE", "REAL", "IMAGINARY")
 _SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
-# ImageType value 3+ tokens naming the complex component (Siemens M/P/R/I, Philips M/P/R/I, spelled out)
-_TYPE_COMPONENT = {"M": "MAGNITUDE", "P": "PHASE", "R": "REAL", "I": "IMAGINARY"} | {c: c for c in COMPONENTS}
-
-
-class VolumeError(ValueError):
-    """A series cannot be made into a volume (the message says why, for a radiologist)."""
 
 
 @dataclass(frozen=True)
@@ -55,97 +57,7 @@ class DynamicSeries:
     times_s: np.ndarray
 
 
-@dataclass
-class _Frame:
-    position: np.ndarray
-    orientation: np.ndarray
-    pixel_spacing: tuple[float, float]
-    slice_gap: float | None  # SpacingBetweenSlices, else SliceThickness: only for a one-slice volume
-    pixels: np.ndarray
-    sop_uid: str
-    instance: int
-    series_uid: str
-    temporal: float | None
-    time_s: float | None
-    trigger_ms: float | None
-    echo_ms: float | None = None
-    component: str = ""
-    source: str = ""  # file name (and frame / tile) for messages
-
-
-# --------------------------------------------------------------------------- reading
-
-
-def _datetime_s(value: Any) -> float | None:
-    """DICOM DT (``YYYYMMDDHHMMSS.FFFFFF``) to seconds since 0001-01-01."""
-    text = str(value or "").strip().split("+")[0].split("-")[0]
-    if len(text) < 8 or not text[:8].isdigit():
-        return None
-    try:
-        day = dt.date(int(text[:4]), int(text[4:6]), int(text[6:8])).toordinal()
-    except ValueError:
-        return None
-    tod = dicom_time_s(text[8:]) if len(text) > 8 else 0.0
-    return day * 86400.0 + (tod or 0.0)
-
-
-def _rescaled(pixels: np.ndarray, slope: float | None, intercept: float | None) -> np.ndarray:
-    out = pixels.astype(np.float32)
-    if slope is not None and slope != 1.0:
-        out *= np.float32(slope)
-    if intercept:
-        out += np.float32(intercept)
-    return out
-
-
-def _pixels(ds: Dataset, name: str) -> np.ndarray:
-    if int(ds.get("SamplesPerPixel", 1)) != 1:
-        raise VolumeError(f"{name}: colour images (SamplesPerPixel={ds.SamplesPerPixel}) are not a volume")
-    try:
-        return np.asarray(ds.pixel_array)
-    except Exception as exc:
-        ts = ds.file_meta.get("TransferSyntaxUID", "unknown")
-        raise VolumeError(f"{name}: cannot decode the pixel data (transfer syntax {ts}): {exc}") from exc
-
-
-def _component(explicit: Any, image_type: Sequence[str]) -> str:
-    """MAGNITUDE / PHASE / REAL / IMAGINARY from ComplexImageComponent or ImageType (values 3+), else ''."""
-    text = str(explicit or "").strip().upper()
-    if text in COMPONENTS:
-        return text
-    return next((_TYPE_COMPONENT[t] for t in image_type[2:] if t in _TYPE_COMPONENT), "")
-
-
-def _classic_frame(ds: Dataset, name: str) -> _Frame:
-    ipp, iop = header_floats(ds, "ImagePositionPatient"), header_floats(ds, "ImageOrientationPatient")
-    ps = header_floats(ds, "PixelSpacing")
-    if ipp is None or len(ipp) != 3 or iop is None or len(iop) != 6:
-        raise VolumeError(
-            f"{name}: no ImagePositionPatient / ImageOrientationPatient, the slice cannot be placed"
-        )
-    if ps is None or len(ps) != 2:
-        raise VolumeError(f"{name}: no PixelSpacing, the pixel size is unknown")
-    date = header_text(ds, "AcquisitionDate") or header_text(ds, "SeriesDate") or header_text(ds, "StudyDate")
-    tod = dicom_time_s(ds.get("AcquisitionTime"))
-    day = _datetime_s(date)
-    return _Frame(
-        position=np.array(ipp),
-        orientation=np.array(iop),
-        pixel_spacing=(ps[0], ps[1]),
-        slice_gap=header_number(ds, "SpacingBetweenSlices") or header_number(ds, "SliceThickness"),
-        pixels=_rescaled(
-            _pixels(ds, name), header_number(ds, "RescaleSlope"), header_number(ds, "RescaleIntercept")
-        ),
-        sop_uid=header_text(ds, "SOPInstanceUID"),
-        instance=int(header_number(ds, "InstanceNumber") or 0),
-        series_uid=header_text(ds, "SeriesInstanceUID"),
-        temporal=header_number(ds, "TemporalPositionIdentifier"),
-        time_s=None if tod is None else tod + (day or 0.0),
-        trigger_ms=header_number(ds, "TriggerTime"),
-        echo_ms=header_number(ds, "EchoTime"),
-        component=_component(ds.get("ComplexImageComponent"), header_values(ds, "ImageType")),
-        source=name,
-    )
+# --------------------------------------------------------------------------- reading files
 
 
 def _siemens_csa(ds: Dataset) -> dict[str, list[Any]]:
@@ -208,76 +120,6 @@ def _mosaic_frames(ds: Dataset, name: str) -> list[_Frame]:
     ]
 
 
-def _group_value(frame: Dataset, shared: Dataset | None, sequence: str, keyword: str) -> Any:
-    for item in (frame, shared):
-        if item is not None and sequence in item and item[sequence].value:
-            inner = item[sequence].value[0]
-            if keyword in inner:
-                return inner[keyword].value
-    return None
-
-
-def _enhanced_frames(ds: Dataset, name: str) -> list[_Frame]:
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-    if not per_frame:
-        raise VolumeError(f"{name}: multi-frame image without per-frame functional groups is not supported")
-    shared = ds.SharedFunctionalGroupsSequence[0] if ds.get("SharedFunctionalGroupsSequence") else None
-    pixels = _pixels(ds, name)
-    if pixels.ndim == 2:
-        pixels = pixels[np.newaxis]
-    if pixels.shape[0] != len(per_frame):
-        raise VolumeError(
-            f"{name}: {pixels.shape[0]} frames of pixels but {len(per_frame)} frame descriptions"
-        )
-    image_type = header_values(ds, "ImageType")
-    frames = []
-    for i, item in enumerate(per_frame):
-
-        def value(sequence: str, keyword: str, item: Dataset = item) -> Any:
-            return _group_value(item, shared, sequence, keyword)
-
-        ipp = value("PlanePositionSequence", "ImagePositionPatient")
-        iop = value("PlaneOrientationSequence", "ImageOrientationPatient")
-        ps = value("PixelMeasuresSequence", "PixelSpacing")
-        if ipp is None or iop is None or ps is None:
-            raise VolumeError(f"{name}: frame {i + 1} lacks plane position, orientation or pixel spacing")
-        slope = value("PixelValueTransformationSequence", "RescaleSlope")
-        intercept = value("PixelValueTransformationSequence", "RescaleIntercept")
-        gap = value("PixelMeasuresSequence", "SpacingBetweenSlices") or value(
-            "PixelMeasuresSequence", "SliceThickness"
-        )
-        temporal = value("FrameContentSequence", "TemporalPositionIndex")
-        trigger = value("CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime")
-        echo = value("MREchoSequence", "EffectiveEchoTime")
-        frame_type = value("MRImageFrameTypeSequence", "FrameType") or value("CTImageFrameTypeSequence", "FrameType")
-        component = value("MRImageFrameTypeSequence", "ComplexImageComponent") or ds.get("ComplexImageComponent")
-        frames.append(
-            _Frame(
-                position=np.array([float(v) for v in ipp]),
-                orientation=np.array([float(v) for v in iop]),
-                pixel_spacing=(float(ps[0]), float(ps[1])),
-                slice_gap=float(gap) if gap is not None else None,
-                pixels=_rescaled(
-                    pixels[i],
-                    float(slope) if slope is not None else None,
-                    float(intercept) if intercept is not None else None,
-                ),
-                sop_uid=f"{header_text(ds, 'SOPInstanceUID')}#{i + 1}",
-                instance=i + 1,
-                series_uid=header_text(ds, "SeriesInstanceUID"),
-                temporal=float(temporal) if temporal is not None else None,
-                time_s=_datetime_s(value("FrameContentSequence", "FrameAcquisitionDateTime")),
-                trigger_ms=float(trigger) if trigger is not None else None,
-                echo_ms=float(echo) if echo is not None else None,
-                component=_component(
-                    component, [str(t).upper() for t in frame_type] if frame_type else image_type
-                ),
-                source=f"{name} frame {i + 1}",
-            )
-        )
-    return frames
-
-
 def _claimed_bytes(ds: Dataset) -> int:
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     bits = int(ds.get("BitsAllocated", 16) or 16)
@@ -323,125 +165,7 @@ def _read_frames(files: Sequence[Path]) -> list[_Frame]:
     return frames
 
 
-def _select(frames: list[_Frame], component: str | None, echo_time_ms: float | None, what: str) -> list[_Frame]:
-    """Keep the frames of one complex component and one echo (see :func:`load_volume`)."""
-    kinds = sorted({f.component or "unlabelled" for f in frames})
-    if component is not None:
-        wanted = component.strip().upper()
-        if wanted not in COMPONENTS:
-            raise ValueError(f"component={component!r}: expected one of {', '.join(COMPONENTS)} or None")
-        frames = [f for f in frames if f.component == wanted]
-        if not frames:
-            raise VolumeError(f"{what}: no {wanted} images (the series has {', '.join(kinds)} images)")
-    elif len(kinds) > 1 and "MAGNITUDE" in kinds and "unlabelled" not in kinds:
-        magnitude = [f for f in frames if f.component == "MAGNITUDE"]
-        log.info(
-            "%s: magnitude images used; %d %s images left out",
-            what,
-            len(frames) - len(magnitude),
-            "/".join(k for k in kinds if k != "MAGNITUDE"),
-        )
-        frames = magnitude
-    if echo_time_ms is not None:
-        echoes = sorted({f.echo_ms for f in frames if f.echo_ms is not None})
-        frames = [f for f in frames if f.echo_ms is not None and abs(f.echo_ms - echo_time_ms) <= 0.01]
-        if not frames:
-            listed = ", ".join(f"{e:g}" for e in echoes) or "none"
-            raise VolumeError(f"{what}: no images with echo time {echo_time_ms:g} ms (echo times: {listed} ms)")
-    return frames
-
-
-# --------------------------------------------------------------------------- stacking
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / np.linalg.norm(v)
-
-
-def _same_position(f: _Frame, last: _Frame, frames: list[_Frame], what: str) -> None:
-    """Accept ``f`` as a duplicate of ``last`` (same position) or raise why they are not one volume."""
-    if f.sop_uid and f.sop_uid == last.sop_uid:  # (an anonymiser may have emptied every SOPInstanceUID)
-        log.debug("%s: duplicate instance dropped", what)
-        return
-    if f.temporal != last.temporal or f.time_s != last.time_s:
-        raise VolumeError(
-            f"{what}: several images at one slice position with different acquisition times "
-            "(a dynamic series); load it as a dynamic"
-        )
-    if f.echo_ms != last.echo_ms:
-        echoes = ", ".join(f"{e:g}" for e in sorted({g.echo_ms for g in frames if g.echo_ms is not None}))
-        raise VolumeError(
-            f"{what}: several images at one slice position with different echo times ({echoes} ms: a "
-            "multi-echo series); choose one echo (echo_time_ms=)"
-        )
-    if f.component != last.component:
-        raise VolumeError(
-            f"{what}: {last.component or 'unlabelled'} and {f.component or 'unlabelled'} images at one slice "
-            "position; choose one (component=)"
-        )
-    if not np.array_equal(f.pixels, last.pixels):
-        raise VolumeError(
-            f"{what}: two different images at one slice position with the same acquisition time, echo and "
-            f"image type ({last.source} and {f.source}): not one volume"
-        )
-    log.info("%s: %s repeats %s pixel for pixel; dropped", what, f.source, last.source)
-
-
-def _stack(
-    frames: list[_Frame], *, max_spacing_deviation: float, max_tilt_deg: float, what: str
-) -> sitk.Image:
-    """Sort, check and stack the frames of one 3D volume."""
-    ref = frames[0]
-    for f in frames[1:]:
-        if np.max(np.abs(f.orientation - ref.orientation)) > 1e-3:
-            raise VolumeError(f"{what}: images with different orientations are not one volume")
-        if f.pixels.shape != ref.pixels.shape:
-            raise VolumeError(f"{what}: images of different sizes ({f.pixels.shape} vs {ref.pixels.shape})")
-        if max(abs(a - b) for a, b in zip(f.pixel_spacing, ref.pixel_spacing, strict=True)) > 1e-3:
-            raise VolumeError(f"{what}: images with different pixel spacing are not one volume")
-    row, col = _unit(ref.orientation[:3]), _unit(ref.orientation[3:])
-    normal = np.cross(row, col)
-    ordered = sorted(frames, key=lambda f: (float(f.position @ normal), f.instance))
-    kept: list[_Frame] = [ordered[0]]
-    for f in ordered[1:]:
-        if abs(float((f.position - kept[-1].position) @ normal)) >= SAME_POSITION_MM:
-            kept.append(f)
-        else:
-            _same_position(f, kept[-1], frames, what)
-    proj = np.array([float(f.position @ normal) for f in kept])
-    if len(kept) == 1:
-        dz = ref.slice_gap if ref.slice_gap and ref.slice_gap > 0 else 1.0
-    else:
-        steps = np.diff(proj)
-        shifts = np.diff(np.array([f.position for f in kept]), axis=0)
-        off_normal = np.linalg.norm(shifts - np.outer(steps, normal), axis=1)
-        tilt = float(np.degrees(np.max(np.arctan2(off_normal, steps))))
-        if tilt > max_tilt_deg:
-            raise VolumeError(
-                f"{what}: gantry tilt / sheared stack: successive slices are shifted {tilt:.1f} degrees off "
-                "the slice normal; the series must be resampled before it can be measured"
-            )
-        median = float(np.median(steps))
-        bad = np.abs(steps - median) > max_spacing_deviation * median
-        if bad.any():
-            worst = int(np.argmax(np.abs(steps - median)))
-            gap = float(steps[worst])
-            n_missing = int(sum(max(round(s / median) - 1, 0) for s in steps[bad]))
-            if gap > median and n_missing > 0:
-                raise VolumeError(
-                    f"{what}: {n_missing} slice(s) missing: a gap of {gap:.1f} mm between slices at "
-                    f"{proj[worst]:.1f} and {proj[worst + 1]:.1f} mm where slices are {median:.1f} mm apart"
-                )
-            raise VolumeError(
-                f"{what}: uneven slice spacing: gaps from {steps.min():.2f} to {steps.max():.2f} mm "
-                f"differ by more than {max_spacing_deviation:.0%} from the usual {median:.2f} mm"
-            )
-        dz = float(proj[-1] - proj[0]) / (len(kept) - 1)
-    image = sitk.GetImageFromArray(np.stack([f.pixels for f in kept]).astype(np.float32, copy=False))
-    image.SetSpacing((ref.pixel_spacing[1], ref.pixel_spacing[0], dz))
-    image.SetOrigin(tuple(float(v) for v in kept[0].position))
-    image.SetDirection(tuple(float(v) for v in np.column_stack([row, col, normal]).ravel()))
-    return image
+# --------------------------------------------------------------------------- loading
 
 
 def load_volume(
@@ -491,44 +215,6 @@ def load_volume(
         max_spacing_deviation=max_spacing_deviation,
         max_tilt_deg=max_tilt_deg,
         what="series",
-    )
-
-
-def _split_phases(frames: list[_Frame]) -> list[list[_Frame]]:
-    temporal = sorted({f.temporal for f in frames if f.temporal is not None})
-    if len(temporal) > 1:
-        if any(f.temporal is None for f in frames):
-            raise VolumeError("dynamic series: some images have a temporal position, others none")
-        return [[f for f in frames if f.temporal == t] for t in temporal]
-    series_order = list(dict.fromkeys(f.series_uid for f in frames))
-    if len(series_order) > 1:
-        return [[f for f in frames if f.series_uid == uid] for uid in series_order]
-    by_position: dict[float, list[_Frame]] = defaultdict(list)
-    normal = np.cross(_unit(frames[0].orientation[:3]), _unit(frames[0].orientation[3:]))
-    for f in frames:
-        by_position[round(float(f.position @ normal), 2)].append(f)
-    counts = {len(v) for v in by_position.values()}
-    if len(counts) != 1:
-        raise VolumeError(
-            "dynamic series: slice positions have different numbers of phases "
-            f"({min(counts)} to {max(counts)})"
-        )
-    n = counts.pop()
-    for stack in by_position.values():
-        stack.sort(key=lambda f: (f.time_s if f.time_s is not None else 0.0, f.trigger_ms or 0.0, f.instance))
-    return [[stack[k] for stack in by_position.values()] for k in range(n)]
-
-
-def _phase_times(phases: list[list[_Frame]]) -> np.ndarray:
-    for attr, scale in (("time_s", 1.0), ("trigger_ms", 1e-3)):
-        values = [[getattr(f, attr) for f in phase] for phase in phases]
-        if all(v is not None for phase in values for v in phase):
-            t = np.array([min(phase) for phase in values], dtype=float) * scale
-            if len(t) == 1 or np.all(np.diff(t) > 0):
-                return t - t[0]
-    raise VolumeError(
-        "dynamic series: the phase times are unknown or not increasing (no usable AcquisitionTime, "
-        "FrameAcquisitionDateTime or TriggerTime)"
     )
 
 
