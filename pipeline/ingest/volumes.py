@@ -32,6 +32,7 @@ from pydicom.errors import InvalidDicomError
 
 from pipeline.ingest.frames import COMPONENTS, VolumeError, _classic_frame, _enhanced_frames, _Frame
 from pipeline.ingest.header_fields import header_number, header_values
+from pipeline.ingest.headers import quiet_pydicom
 from pipeline.ingest.stacking import SAME_POSITION_MM, _phase_times, _select, _split_phases, _stack, _unit
 
 __all__ = [
@@ -152,8 +153,9 @@ def _read_frames(files: Sequence[Path]) -> list[_Frame]:
     for path in files:
         name = Path(path).name
         try:
-            ds = pydicom.dcmread(path, force=False)
-            frames.extend(_dataset_frames(ds, name))
+            with quiet_pydicom():  # pydicom must not log header values (PatientName...) while decoding
+                ds = pydicom.dcmread(path, force=False)
+                frames.extend(_dataset_frames(ds, name))
         except VolumeError:
             raise
         except InvalidDicomError as exc:
