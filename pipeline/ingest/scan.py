@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 #: Fewest headers to read before forking worker processes pays off.
 PARALLEL_MIN_FILES = 2000
+#: Rows written to SQLite at a time while headers are read (bounds the scan's memory).
+UPSERT_BATCH = 2000
 
 
 @dataclass
@@ -181,18 +183,6 @@ def scan_export(
             rows.append(_file_row(path, size, mtime_ns, HeaderRead("arriving", reason)))
             continue
         to_read.append((path, size, mtime_ns, previous is not None and previous[2] != "arriving"))
-    results = _read_headers([Path(p) for p, _, _, _ in to_read], workers)
-    for done, ((path, size, mtime_ns, was_known), result) in enumerate(zip(to_read, results, strict=True), 1):
-        h = result.header or {}
-        rows.append(_file_row(path, size, mtime_ns, result))
-        if header_text(h, "PatientID"):
-            affected.add(header_text(h, "PatientID"))
-        if was_known:
-            report.changed += 1
-        else:
-            report.new += 1
-        if progress is not None and (done % 200 == 0 or done == len(to_read)):
-            progress(done, len(to_read))
     seen = {p for p, _, _ in found}
     unlisted = tuple(folder.rstrip(os.sep) + os.sep for folder in report.unlisted_folders)
     deleted = [p for p in known if p not in seen and not p.startswith(unlisted)]  # unlisted: kept as they were
@@ -200,9 +190,26 @@ def scan_export(
         if known[p][3]:
             affected.add(str(known[p][3]))
     report.deleted = len(deleted)
+    del known, seen, found  # the headers are streamed into SQLite: memory stays flat in the export size
+    results = _read_headers([Path(p) for p, _, _, _ in to_read], workers)
     with catalog.transaction():
         catalog.delete_files(deleted)
+        for done, ((path, size, mtime_ns, was_known), result) in enumerate(zip(to_read, results, strict=True), 1):
+            h = result.header or {}
+            rows.append(_file_row(path, size, mtime_ns, result))
+            if header_text(h, "PatientID"):
+                affected.add(header_text(h, "PatientID"))
+            if was_known:
+                report.changed += 1
+            else:
+                report.new += 1
+            if len(rows) >= UPSERT_BATCH:
+                catalog.upsert_files(rows)
+                rows.clear()
+            if progress is not None and (done % 200 == 0 or done == len(to_read)):
+                progress(done, len(to_read))
         catalog.upsert_files(rows)
+        rows.clear()
         affected |= _identity_conflicts(catalog)
         for patient_id in sorted(affected):
             _recompute_patient(catalog, patient_id, min_split_dce_phases)
@@ -214,7 +221,7 @@ def scan_export(
     log.info(
         "scan: %d files (%d new, %d changed, %d unchanged, %d deleted, %d arriving) in %.1f s; "
         "%d patient(s) recomputed",
-        len(found),
+        report.new + report.changed + report.unchanged + report.arriving,
         report.new,
         report.changed,
         report.unchanged,
