@@ -16,29 +16,7 @@ import time
 from pathlib import Path
 
 import pydicom
-
-
-def _tree_rss_bytes(root_pid: int) -> int:
-    children: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(d.name))
-    total, stack = 0, [root_pid]
-    while stack:
-        pid = stack.pop()
-        stack.extend(children.get(pid, []))
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-        except OSError:
-            pass
-    return total
+from proctree import tree_rss_bytes
 
 
 def main() -> int:
@@ -53,7 +31,7 @@ def main() -> int:
                              "--out", str(a.out)])
     peak = 0
     while proc.poll() is None:
-        peak = max(peak, _tree_rss_bytes(proc.pid))
+        peak = max(peak, tree_rss_bytes(proc.pid))
         time.sleep(0.2)
     wall_s = time.perf_counter() - t0
     if proc.returncode:

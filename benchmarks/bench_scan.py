@@ -47,6 +47,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from proctree import tree_pids
+
 TARGET_SCAN_VS_BARE = 0.8
 TARGET_FIRST_VS_RESCAN = 20.0
 TARGET_PEAK_MB = 500.0
@@ -60,24 +62,6 @@ def _list_files(root: Path) -> list[str]:
     found = [os.path.join(d, n) for d, _dirs, names in os.walk(root) for n in names]
     found.sort()
     return found
-
-
-def _proc_tree(root_pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(d.name))
-    pids, stack = [], [root_pid]
-    while stack:
-        pid = stack.pop()
-        pids.append(pid)
-        stack.extend(children.get(pid, []))
-    return pids
 
 
 def _proc_kb(path: str, field: str) -> int:
@@ -94,7 +78,7 @@ def _proc_kb(path: str, field: str) -> int:
 def _tree_memory_bytes(root_pid: int) -> tuple[int, int]:
     """(sum of VmRSS, sum of Pss) over the process tree rooted at ``root_pid``."""
     rss = pss = 0
-    for pid in _proc_tree(root_pid):
+    for pid in tree_pids(root_pid):
         rss += _proc_kb(f"/proc/{pid}/status", "VmRSS:") * 1024
         pss += _proc_kb(f"/proc/{pid}/smaps_rollup", "Pss:") * 1024
     return rss, pss

@@ -114,6 +114,13 @@ def run_export(input_dir: Path, output_dir: Path, registry: Path | None = None, 
         rows: list[VisitMeasurement] = []
         last_fu: dict[str, dt.date] = {}
         futures = {}
+
+        def carry(saved: tuple[list[LesionResult], list[VisitMeasurement], dict[str, dt.date], list[str]]) -> None:
+            results.extend(saved[0])
+            rows.extend(saved[1])
+            last_fu.update(saved[2])
+            problems.extend(saved[3])
+
         for pid, patient_lesions in sorted(by_patient.items()):
             fp = fingerprints[pid] = fingerprint(files.get(pid, []), patient_lesions, settings.as_dict(),
                                                  __version__)
@@ -125,18 +132,12 @@ def run_export(input_dir: Path, output_dir: Path, registry: Path | None = None, 
                     results.extend(_not_run(les) for les in patient_lesions)
                 else:
                     decisions[pid] = "kept: not among --patient, previous results carried over"
-                    results.extend(kept[0])
-                    rows.extend(kept[1])
-                    last_fu.update(kept[2])
-                    problems.extend(kept[3])
+                    carry(kept)
                 continue
             cached = None if force else load_patient_state(state, fp)
             if cached is not None:
                 decisions[pid] = "unchanged: inputs, registry rows, settings and software as in the previous run"
-                results.extend(cached[0])
-                rows.extend(cached[1])
-                last_fu.update(cached[2])
-                problems.extend(cached[3])
+                carry(cached)
                 continue
             decisions[pid] = ("recomputed: --force" if force else "recomputed: no previous results"
                               if not state.exists() else "recomputed: inputs, registry rows or settings changed")
@@ -153,10 +154,7 @@ def run_export(input_dir: Path, output_dir: Path, registry: Path | None = None, 
                 results.extend(_indeterminate(les, f"processing failed: {type(e).__name__}: {e}")
                                for les in by_patient[pid])
                 continue
-            results.extend(out.results)
-            rows.extend(out.measurements)
-            last_fu.update(out.last_follow_up)
-            problems.extend(out.problems)
+            carry((out.results, out.measurements, out.last_follow_up, out.problems))
             save_patient_state(output_dir / "patients" / safe_path_component(pid) / "state.json", fingerprints[pid],
                                out.results, out.measurements, out.last_follow_up, out.problems)
         order = {les.lesion_id: i for i, les in enumerate(reg.lesions)}
