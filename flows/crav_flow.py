@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import platform
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +48,18 @@ def scan_step(input_dir: Path, catalog_url: str, settings: Settings) -> ScanRepo
 
 def patient_step(patient_id: str, lesions: list[Lesion], catalog_url: str, output_dir: Path,
                  settings: Settings) -> Any:
-    from flows.patient import process_patient
+    from flows.patient import PatientOutcome, _indeterminate, process_patient
 
-    with Catalog.open(catalog_url) as catalog:
-        return process_patient(patient_id, lesions, catalog, output_dir, settings)
+    try:
+        with Catalog.open(catalog_url) as catalog:
+            return process_patient(patient_id, lesions, catalog, output_dir, settings)
+    except Exception as e:  # one patient's failure never stops the batch
+        # the type only in the logs (messages can hold paths or header values); the details go to run.json
+        log.error("patient processing failed with %s", type(e).__name__)
+        detail = "".join(traceback.format_exception(e)).strip()
+        reason = f"processing failed ({type(e).__name__}: {e}); details in run.json"
+        return PatientOutcome(patient_id, [_indeterminate(les, reason) for les in lesions], [],
+                              [f"patient {patient_id}: processing failed:\n{detail}"], {}, [], failed=True)
 
 
 def _file_accounting_csv(catalog_url: str) -> str:
@@ -146,8 +155,8 @@ def run_export(input_dir: Path, output_dir: Path, registry: Path | None = None, 
         for pid, fut in futures.items():
             try:
                 out = fut.result()
-            except Exception as e:  # one patient's failure never stops the batch
-                log.exception("patient processing failed")
+            except Exception as e:  # the orchestration itself failed for this patient: never stops the batch
+                log.error("patient task failed with %s", type(e).__name__)
                 problems.append(f"patient {pid}: processing failed ({type(e).__name__}: {e})")
                 from flows.patient import _indeterminate
 
@@ -155,6 +164,8 @@ def run_export(input_dir: Path, output_dir: Path, registry: Path | None = None, 
                                for les in by_patient[pid])
                 continue
             carry((out.results, out.measurements, out.last_follow_up, out.problems))
+            if out.failed:
+                continue
             save_patient_state(output_dir / "patients" / safe_path_component(pid) / "state.json", fingerprints[pid],
                                out.results, out.measurements, out.last_follow_up, out.problems)
         order = {les.lesion_id: i for i, les in enumerate(reg.lesions)}

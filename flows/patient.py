@@ -56,6 +56,7 @@ class PatientOutcome:
     problems: list[str]
     last_follow_up: dict[str, dt.date]
     series_used: list[str]
+    failed: bool = False  # an unexpected error: nothing is saved, the next run tries again
 
 
 def _pick(series: list[SeriesRecord], role: SeriesRole) -> SeriesRecord | None:

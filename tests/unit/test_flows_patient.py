@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from pathlib import Path
+
+import pytest
 
 from flows.patient import process_patient
 from pipeline.domain import Lesion, Outcome
@@ -19,3 +22,21 @@ def test_registry_patient_without_dicom_is_indeterminate_with_reason(tmp_path: P
     assert all(r.outcome == Outcome.INDETERMINATE for r in out.results)
     assert all("no DICOM image with this PatientID" in r.reason for r in out.results)
     assert out.measurements == [] and out.problems
+
+
+def test_unexpected_error_is_contained_and_kept_out_of_logs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    import flows.patient
+    from flows.crav_flow import patient_step
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("cannot read /export/DOE^JOHN/IM0001")
+
+    monkeypatch.setattr(flows.patient, "process_patient", boom)
+    lesion = Lesion("P-9", "P-9-L1", "L1", dt.date(2021, 3, 1))
+    with caplog.at_level(logging.DEBUG):
+        out = patient_step("P-9", [lesion], f"sqlite:///{tmp_path / 'c.sqlite'}", tmp_path, Settings())
+    assert out.failed and out.results[0].outcome == Outcome.INDETERMINATE
+    assert "RuntimeError" in out.results[0].reason and "DOE^JOHN" in out.problems[0]  # details kept in run.json
+    assert "RuntimeError" in caplog.text
+    assert "DOE^JOHN" not in caplog.text and "P-9" not in caplog.text
