@@ -33,6 +33,7 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
+from pipeline.ingest.fast_header import walk_header
 from pipeline.ingest.header_fields import (
     _HEADER_TAGS,
     _PER_FRAME_GROUPS,
@@ -80,6 +81,8 @@ _DICOMDIR_UID = "1.2.840.10008.1.3.10"
 _UID_CHARS = re.compile(r"^[0-9A-Za-z._-]{1,128}$")
 _PIXEL_TAG_BYTES = frozenset(struct.pack(f"{e}HH", *t) for t in _PIXEL_TAGS for e in "<>")
 _HEAD_BYTES = 65536  # read at once: holds the whole header of almost every file
+#: Read plain explicit-VR little-endian headers with the lean walker (pydicom for everything else).
+FAST_PATH = True
 _DEFLATED_TS = "1.2.840.10008.1.2.1.99"
 
 
@@ -260,20 +263,34 @@ def _read_header(path: Path) -> HeaderRead:
                 if inflated is not None:
                     fp, size = inflated
                     head = b""
-            try:
-                ds, fp = _dataset(head, fp, size)
-            except InvalidDicomError:
-                return HeaderRead("ignored", NOT_DICOM_REASON)
-            media_class = str(ds.file_meta.get("MediaStorageSOPClassUID", ""))
-            if media_class == _DICOMDIR_UID:
-                return HeaderRead("ignored", "DICOMDIR (media directory index, not an image)")
-            sop_class = UID(media_class or str(ds.get("SOPClassUID", "") or ""))
-            ts_value = ds.file_meta.get("TransferSyntaxUID")
-            ts = UID(str(ts_value).strip(" \x00")) if ts_value is not None else None
-            position = fp.tell()
-            at_pixels = position < size
-            header = header_from_dataset(ds) if at_pixels else None
-            problem = _pixel_problem(fp, size, header, ts) if header is not None else None
+            fast = walk_header(head, size) if FAST_PATH and head else None
+            if fast is not None:  # the common case, without building a pydicom Dataset
+                media_class = fast.media_storage_sop_class_uid
+                if media_class == _DICOMDIR_UID:
+                    return HeaderRead("ignored", "DICOMDIR (media directory index, not an image)")
+                sop_class = UID(media_class)
+                ts: UID | None = UID(fast.transfer_syntax_uid)
+                position = size if fast.pixel_position is None else fast.pixel_position
+                if fast.pixel_position is not None and len(head) == size:
+                    fp = io.BytesIO(head)
+                fp.seek(position)
+                header = fast.header if fast.pixel_position is not None else None
+                problem = _pixel_problem(fp, size, header, ts) if header is not None else None
+            else:
+                try:
+                    ds, fp = _dataset(head, fp, size)
+                except InvalidDicomError:
+                    return HeaderRead("ignored", NOT_DICOM_REASON)
+                media_class = str(ds.file_meta.get("MediaStorageSOPClassUID", ""))
+                if media_class == _DICOMDIR_UID:
+                    return HeaderRead("ignored", "DICOMDIR (media directory index, not an image)")
+                sop_class = UID(media_class or str(ds.get("SOPClassUID", "") or ""))
+                ts_value = ds.file_meta.get("TransferSyntaxUID")
+                ts = UID(str(ts_value).strip(" \x00")) if ts_value is not None else None
+                position = fp.tell()
+                at_pixels = position < size
+                header = header_from_dataset(ds) if at_pixels else None
+                problem = _pixel_problem(fp, size, header, ts) if header is not None else None
     except OSError as exc:
         if path.is_symlink() and not path.exists():
             return HeaderRead("quarantined", "cannot read the file: broken symbolic link")
