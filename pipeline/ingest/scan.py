@@ -97,20 +97,41 @@ def _read_headers(paths: list[Path], workers: int | None) -> Iterator[HeaderRead
 
 
 def _walk(root: Path, skip: set[str], unlisted: list[str]) -> list[tuple[str, int, int]]:
+    """(path, size, mtime_ns) of every non-folder entry under ``root``, as ``os.walk`` lists them.
+
+    ``os.scandir`` directly: entry paths come ready-made and folder types need no extra system
+    call, which is most of a rescan's time. Folders behind symbolic links are not entered; a
+    folder that cannot be listed goes to ``unlisted``.
+    """
     found: list[tuple[str, int, int]] = []
-    for dirpath, _dirs, names in os.walk(root, onerror=lambda exc: unlisted.append(str(exc.filename))):
-        for name in names:
-            full = os.path.join(dirpath, name)
-            if full in skip:
-                continue
-            try:
-                st = os.stat(full)
-            except OSError:
+    stack = [str(root)]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = os.scandir(folder)
+        except OSError as exc:
+            unlisted.append(str(exc.filename if exc.filename is not None else folder))
+            continue
+        with entries:
+            for entry in entries:
                 try:
-                    st = os.lstat(full)  # a broken symbolic link: kept, read_header says why
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                        continue
+                    if entry.is_dir():  # a symbolic link to a folder: listed by os.walk as a folder, not entered
+                        continue
                 except OSError:
-                    continue  # vanished between listing and stat
-            found.append((full, st.st_size, st.st_mtime_ns))
+                    pass
+                if entry.path in skip:
+                    continue
+                try:
+                    st = entry.stat()
+                except OSError:
+                    try:
+                        st = entry.stat(follow_symlinks=False)  # a broken symbolic link: kept, read_header says why
+                    except OSError:
+                        continue  # vanished between listing and stat
+                found.append((entry.path, st.st_size, st.st_mtime_ns))
     found.sort()
     return found
 
@@ -210,7 +231,8 @@ def scan_export(
                 progress(done, len(to_read))
         catalog.upsert_files(rows)
         rows.clear()
-        affected |= _identity_conflicts(catalog)
+        if to_read or deleted:  # conflicts can only appear or vanish when files do
+            affected |= _identity_conflicts(catalog)
         for patient_id in sorted(affected):
             _recompute_patient(catalog, patient_id, min_split_dce_phases)
     counts = catalog.status_counts()
