@@ -19,6 +19,7 @@ def _files(repo_root: Path, realdata: Path) -> list[Path]:
     return files
 
 
+@pytest.mark.filterwarnings("ignore:Expected explicit VR:UserWarning")  # a pydicom test file mislabels its VR
 def test_fast_and_pydicom_paths_agree_on_every_file(repo_root: Path, realdata: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     files = _files(repo_root, realdata)
