@@ -23,6 +23,7 @@ from pipeline.outputs.nifti import write_mask_nifti
 from pipeline.outputs.paths import safe_path_component
 from pipeline.response import classify, enhancement, height
 from pipeline.segmentation import ablation, cement, registration, vertebra
+from pipeline.segmentation.common import mask_image, physical_coordinates
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class StudyImages:
     enhancing: np.ndarray | None = None  # on the DCE grid
     max_re: np.ndarray | None = None
     time_to_peak_s: np.ndarray | None = None
+    stir_on_dce: sitk.Image | None = None
 
 
 @dataclass
@@ -111,7 +113,7 @@ def _enhancement(img: StudyImages, settings: Settings) -> None:
     maps = enhancement.relative_enhancement(arr, img.dce_times_s)
     img.enhancing = enhancement.enhancing_mask(maps, re_threshold=settings.enhancement_re_threshold,
                                                noise_sigmas=settings.enhancement_noise_sigmas)
-    s_pre = arr[: maps.n_pre].mean(axis=0)
+    s_pre = maps.s_pre if maps.s_pre is not None else arr[: maps.n_pre].mean(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
         re_t = np.where(s_pre[None] > 0, (arr - s_pre[None]) / s_pre[None], 0.0)
     img.max_re = re_t.max(axis=0)
@@ -120,14 +122,9 @@ def _enhancement(img: StudyImages, settings: Settings) -> None:
 
 
 def _sphere_seed(reference: sitk.Image, centre_mm: tuple[float, float, float], radius_mm: float) -> sitk.Image:
-    idx = np.indices(sitk.GetArrayFromImage(reference).shape).reshape(3, -1).T[:, ::-1].astype(float)
-    origin = np.asarray(reference.GetOrigin())
-    direction = np.asarray(reference.GetDirection()).reshape(3, 3)
-    pts = origin + (idx * np.asarray(reference.GetSpacing())) @ direction.T
-    inside = np.linalg.norm(pts - np.asarray(centre_mm), axis=1) <= radius_mm
-    img = sitk.GetImageFromArray(inside.reshape(sitk.GetArrayFromImage(reference).shape).astype(np.uint8))
-    img.CopyInformation(reference)
-    return img
+    x, y, z = physical_coordinates(reference)
+    cx, cy, cz = centre_mm
+    return mask_image((x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2 <= radius_mm**2, reference)
 
 
 def _spacing_zyx(img: sitk.Image) -> tuple[float, float, float]:
@@ -142,6 +139,8 @@ class LesionVisitResult:
     body: sitk.Image | None = None
     cement_mask: sitk.Image | None = None
     residual: sitk.Image | None = None
+    ablation: sitk.Image | None = None
+    new_nodule_ml: float = 0.0
     heights: height.Heights | None = None
     measurement: dict[str, object] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -186,16 +185,13 @@ def _analyse(lv: LesionVisitResult, seed: sitk.Image, is_pre: bool, j0: LesionVi
     enh = img.enhancing & roi
     residual = enhancement.remove_rim(enh, sp, rim_mm=settings.rim_max_thickness_mm)
     m["residual_enhancing_volume_ml"] = enhancement.residual_volume_ml(residual, sp)
-    res_img = sitk.GetImageFromArray(residual.astype(np.uint8))
-    res_img.CopyInformation(grid)
-    lv.residual = res_img
-    enh_img = sitk.GetImageFromArray(img.enhancing.astype(np.uint8))
-    enh_img.CopyInformation(grid)
-    stir_d = registration.resample_to(grid, img.stir, None, nearest=False) if img.stir is not None else None
-    abl = ablation.segment_ablation_zone(body_d, cem_d, enh_img, stir_d)
+    lv.residual = mask_image(residual, grid)
+    if img.stir is not None and img.stir_on_dce is None:  # once per study, whatever its number of lesions
+        img.stir_on_dce = registration.resample_to(grid, img.stir, None, nearest=False)
+    abl = ablation.segment_ablation_zone(body_d, cem_d, mask_image(img.enhancing, grid), img.stir_on_dce)
     abl_arr = sitk.GetArrayFromImage(abl).astype(bool)
     m["ablation_zone_volume_ml"] = enhancement.residual_volume_ml(abl_arr, sp)
-    lv.measurement["_ablation"] = abl
+    lv.ablation = abl
     if img.max_re is not None and img.time_to_peak_s is not None:
         region = residual if residual.any() else abl_arr
         if region.any():
@@ -205,7 +201,7 @@ def _analyse(lv: LesionVisitResult, seed: sitk.Image, is_pre: bool, j0: LesionVi
         j0_res = registration.resample_to(grid, j0.residual, transform.GetInverse(), nearest=True)
         nodules = enhancement.new_nodules(residual, sitk.GetArrayFromImage(j0_res).astype(bool), sp,
                                           min_ml=settings.new_nodule_ml)
-        m["_new_nodule_ml"] = max(nodules, default=0.0)
+        lv.new_nodule_ml = max(nodules, default=0.0)
 
 
 def process_patient(patient_id: str, lesions: list[Lesion], catalog: Catalog, out_dir: Path,
@@ -322,11 +318,13 @@ def _lesion_outputs(les: Lesion, per_visit: list[LesionVisitResult], j0: LesionV
             loss_mm = height.height_loss_mm(j0.heights, lv.heights)
         tp = lv.visit.visit
         vdir = folder / (tp.value if tp != Visit.UNSCHEDULED else f"UNSCHEDULED_{lv.visit.days_from_procedure:+d}d")
-        masks = {"vertebra": lv.body, "cement": lv.cement_mask, "residual": lv.residual, "ablation": m.get("_ablation")}
+        masks = {"vertebra": lv.body, "cement": lv.cement_mask, "residual": lv.residual, "ablation": lv.ablation}
         for name, mask in masks.items():
             if isinstance(mask, sitk.Image):
                 write_mask_nifti(vdir / f"{name}.nii.gz", mask)
         qa = "needs_review" if lv.notes or lv.study.notes else "pending"
+        grade = m.get("genant_grade")
+        genant = grade if isinstance(grade, int) else None
         rows.append(VisitMeasurement(
             patient_id=les.patient_id, lesion_id=les.lesion_id, timepoint=tp, study_date=lv.study.study_date,
             days_from_procedure=lv.visit.days_from_procedure,
@@ -337,15 +335,15 @@ def _lesion_outputs(les: Lesion, per_visit: list[LesionVisitResult], j0: LesionV
             time_to_peak_s=_f(m.get("time_to_peak_s")), ktrans_per_min=None,
             height_anterior_mm=_f(m.get("height_anterior_mm")), height_middle_mm=_f(m.get("height_middle_mm")),
             height_posterior_mm=_f(m.get("height_posterior_mm")), height_loss_pct=loss_pct,
-            genant_grade=m.get("genant_grade") if isinstance(m.get("genant_grade"), int) else None,  # type: ignore[arg-type]
+            genant_grade=genant,
             registration_error_mm=_f(m.get("registration_error_mm")), qa_status=qa,
             notes=tuple(lv.notes + lv.study.notes),
         ))
         summaries.append(classify.VisitSummary(
             visit=tp, days_from_procedure=lv.visit.days_from_procedure,
-            residual_ml=_f(m.get("residual_enhancing_volume_ml")), new_nodule_ml=_f(m.get("_new_nodule_ml")) or 0.0,
+            residual_ml=_f(m.get("residual_enhancing_volume_ml")), new_nodule_ml=lv.new_nodule_ml,
             height_loss_pct=loss_pct, height_loss_mm=loss_mm,
-            genant_grade=m.get("genant_grade") if isinstance(m.get("genant_grade"), int) else None,  # type: ignore[arg-type]
+            genant_grade=genant,
         ))
     verdict = classify.classify_lesion(summaries, settings=settings)
     result = LesionResult(les, verdict.j0_residual, verdict.j0_residual_volume_ml, verdict.outcome,

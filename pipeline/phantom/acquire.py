@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from pipeline.domain import Visit
 from pipeline.phantom import anatomy as an
 from pipeline.phantom import design as ds
 from pipeline.phantom import render as rd
@@ -229,7 +228,3 @@ def acquire_study(p: ds.PatientDesign, study: ds.StudyDesign, si: int, col: an.C
     emit("T1_FS_POST", 40, sag, _render_mr(frac, rd.T1FS_POST_LUT, sag, rng, 12.0),
          _mr_tags("T1_FS_POST", p.vendor), 18.0)
     return Acquisition(spec.study_uid, spec.study_date, rot, trans, n_files, series)
-
-
-def visit_label(study: ds.StudyDesign) -> Visit:
-    return study.visit

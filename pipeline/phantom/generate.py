@@ -8,6 +8,7 @@ Example (writes about 250 MB and takes about 20 s)::
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
 import logging
@@ -143,7 +144,7 @@ def _write_registry(path: Path, patients: list[ds.PatientDesign]) -> None:
     for p in patients:
         for d in p.lesions:
             ebrt = "" if d.ebrt_after_days is None else (
-                p.procedure_date + __import__("datetime").timedelta(days=d.ebrt_after_days)).isoformat()
+                p.procedure_date + dt.timedelta(days=d.ebrt_after_days)).isoformat()
             wr.writerow([p.patient_id, d.lesion_id, d.level, p.procedure_date.isoformat(), p.primary_tumor, ebrt,
                          d.vas_before, d.vas_m1, f"phantom course {d.course.value}"])
     path.write_text(buf.getvalue(), encoding="utf-8")
