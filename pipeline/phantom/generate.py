@@ -117,7 +117,10 @@ def generate_patient(p: ds.PatientDesign, out_dir: Path, profile: Profile) -> di
         n_files += acq.n_files
         studies_truth.append({"patient_id": p.patient_id, "study_uid": acq.study_uid,
                               "study_date": acq.study_date.isoformat(), "modality": study.modality,
-                              "visit": study.visit.value, "days_from_procedure": study.day})
+                              "visit": study.visit.value, "days_from_procedure": study.day,
+                              # repositioning of this study, LPS mm: scanner = rotation @ patient + translation
+                              "patient_to_scanner": {"rotation": np.round(acq.rotation, 12).tolist(),
+                                                     "translation": np.round(acq.translation, 9).tolist()}})
         if study.modality == "MR":
             for d in p.lesions:
                 tm, state = masks[d.lesion_id]

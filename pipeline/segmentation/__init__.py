@@ -6,14 +6,16 @@ or ``pipeline.outputs``.
 """
 
 from pipeline.segmentation.ablation import residual_roi, segment_ablation_zone
-from pipeline.segmentation.cement import CementMass, CementResult, find_cement_ct, find_cement_mr
+from pipeline.segmentation.cement import CementMass, CementResult, find_cement_mr
+from pipeline.segmentation.cement_ct import find_cement_ct
 from pipeline.segmentation.registration import (
     RigidResult,
     cement_surface_distance_mm,
     register_rigid,
     resample_to,
 )
-from pipeline.segmentation.vertebra import BodyResult, segment_body, segment_body_ct
+from pipeline.segmentation.vertebra import BodyResult, segment_body
+from pipeline.segmentation.vertebra_ct import segment_body_ct
 
 __all__ = [
     "BodyResult",

@@ -16,7 +16,6 @@ import numpy as np
 import SimpleITK as sitk
 
 from pipeline.segmentation import common as cm
-from pipeline.segmentation.registration import register_rigid, resample_to
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +69,7 @@ class CementResult:
         return float(sum(m.volume_ml for m in self.masses))
 
 
-def _masses(
+def masses_from_candidate(
     candidate: cm.BoolArray, reference: sitk.Image, min_volume_ml: float
 ) -> tuple[list[CementMass], cm.BoolArray, float]:
     """Components >= ``min_volume_ml`` sorted cranio-caudally; also the largest rejected volume."""
@@ -122,7 +121,7 @@ def _partial_volume_edge(
     return core | ok, int(np.count_nonzero(ok))
 
 
-def _describe(masses: list[CementMass]) -> str:
+def describe_masses(masses: list[CementMass]) -> str:
     vols = ", ".join(f"{m.volume_ml:.2f} mL at z={m.centroid_mm[2]:.1f} mm" for m in masses)
     return f"{len(masses)} cement mass(es) cranio-caudally: {vols}"
 
@@ -228,10 +227,10 @@ def find_cement_mr(
         images = [t1_arr] if stir_arr is None else [t1_arr, stir_arr]
         candidate, added = _partial_volume_edge(candidate, images, spacing)
         notes.append(f"partial-volume edge: {added} voxel(s) darker than half-way to the surroundings")
-    masses, union, rejected = _masses(candidate, t1, min_volume_ml)
+    masses, union, rejected = masses_from_candidate(candidate, t1, min_volume_ml)
     rejected = max(rejected, small)
     if masses:
-        reason = f"{_describe(masses)}; " + "; ".join(notes)
+        reason = f"{describe_masses(masses)}; " + "; ".join(notes)
     elif rejected > 0:
         reason = (
             f"no cement: largest signal void inside the body is {rejected:.2f} mL "
@@ -243,97 +242,3 @@ def find_cement_mr(
         )
     logger.info("MR cement: %s", reason)
     return CementResult(mask=cm.mask_image(union, t1), masses=masses, muscle_signal=muscle_t1, reason=reason)
-
-
-def find_cement_ct(
-    ct_post: sitk.Image,
-    ct_pre: sitk.Image | None,
-    *,
-    threshold_hu: float = 1600.0,
-    clip_hu: float = 3071.0,
-    min_volume_ml: float = 0.5,
-    pre_margin_mm: float = 1.5,
-    opening_mm: float = 1.0,
-) -> CementResult:
-    """Cement on the post-procedure CT: dense now, not dense before.
-
-    Method: voxels >= ``threshold_hu`` (voxels at the clipping value ``clip_hu`` are saturated
-    cement and are kept; their count is reported). When ``ct_pre`` is given it is registered
-    rigidly onto the post CT (:func:`registration.register_rigid`, crop centred on the dense
-    region, geometric-centre initialisation: the frames of reference may differ), resampled
-    onto the post grid, and its dense voxels (>= ``threshold_hu``, dilated by ``pre_margin_mm``
-    to absorb registration error) are removed: this removes dense cortex and blastic bone.
-    Then an opening of ``opening_mm`` and components >= ``min_volume_ml``.
-
-    Parameters
-    ----------
-    ct_post : SimpleITK.Image
-        Post-procedure CT in HU; the result is on its grid.
-    ct_pre : SimpleITK.Image or None
-        Pre-procedure CT in HU (any frame of reference), or ``None``.
-    threshold_hu : float
-        Cement threshold (HU), SPEC default 1600.
-    clip_hu : float
-        Largest representable value (HU) of the export (3071 for 12-bit CT).
-    min_volume_ml : float
-        Smallest mass kept (mL).
-    pre_margin_mm : float
-        Dilation (mm) of the pre-procedure dense bone before subtraction.
-    opening_mm : float
-        Radius (mm) of the opening removing thin dense structures (streaks, cortex).
-
-    Returns
-    -------
-    CementResult
-        ``muscle_signal`` is NaN for CT.
-
-    Raises
-    ------
-    ValueError
-        If an image is not 3D or ``threshold_hu`` >= ``clip_hu``.
-    """
-    cm.check_3d(ct_post, "ct_post")
-    if ct_pre is not None:
-        cm.check_3d(ct_pre, "ct_pre")
-    if threshold_hu >= clip_hu:
-        raise ValueError(f"threshold_hu ({threshold_hu}) must be below clip_hu ({clip_hu})")
-    post = cm.to_array(ct_post)
-    spacing = cm.spacing_zyx(ct_post)
-    dense = post >= threshold_hu
-    clipped = int(np.count_nonzero(post >= clip_hu - 0.5))
-    notes = [f">= {threshold_hu:.0f} HU"]
-    if clipped:
-        notes.append(f"{clipped} voxel(s) saturated at {clip_hu:.0f} HU kept as cement")
-    if ct_pre is not None and dense.any():
-        labels, n = cm.label(cm.open_mm(dense, spacing, opening_mm))
-        if n:
-            sizes = np.bincount(labels.ravel())
-            sizes[0] = 0
-            center = cm.centroid_mm(labels == int(np.argmax(sizes)), ct_post)
-        else:
-            center = cm.centroid_mm(dense, ct_post)
-        reg = register_rigid(ct_post, ct_pre, crop_center_mm=center)
-        pre_on_post = cm.to_array(resample_to(ct_post, ct_pre, reg.transform, nearest=False, default=-1024.0))
-        pre_dense = cm.dilate_mm(pre_on_post >= threshold_hu, spacing, pre_margin_mm)
-        removed = int(np.count_nonzero(dense & pre_dense))
-        dense &= ~pre_dense
-        notes.append(
-            f"minus pre-procedure dense bone ({removed} voxel(s); registration metric {reg.metric:.3f}: "
-            f"{reg.reason})"
-        )
-    elif ct_pre is None:
-        notes.append("no pre-procedure CT: dense cortex / blastic bone >= threshold may be included")
-    candidate = cm.open_mm(dense, spacing, opening_mm)
-    masses, union, rejected = _masses(candidate, ct_post, min_volume_ml)
-    if masses:
-        reason = f"{_describe(masses)}; " + "; ".join(notes)
-    elif rejected > 0:
-        reason = f"no cement: largest dense new component is {rejected:.2f} mL (< {min_volume_ml} mL); " + (
-            "; ".join(notes)
-        )
-    else:
-        reason = "no cement: no new dense component; " + "; ".join(notes)
-    logger.info("CT cement: %s", reason)
-    return CementResult(
-        mask=cm.mask_image(union, ct_post), masses=masses, muscle_signal=math.nan, reason=reason
-    )

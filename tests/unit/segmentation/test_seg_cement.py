@@ -10,7 +10,8 @@ import SimpleITK as sitk
 from seg_phantoms import CT, STIR, T1, build_phantom, dice, make_grid
 
 from pipeline.segmentation import common as cm
-from pipeline.segmentation.cement import find_cement_ct, find_cement_mr
+from pipeline.segmentation.cement import find_cement_mr
+from pipeline.segmentation.cement_ct import find_cement_ct
 
 SAGITTAL = (0, 0, -1, 1, 0, 0, 0, -1, 0)  # rows along +y (A->P), columns along -z, slices along -x
 

@@ -8,7 +8,8 @@ import SimpleITK as sitk
 from seg_phantoms import CT, STIR, T1, build_phantom, dice, make_grid
 
 from pipeline.segmentation import common as cm
-from pipeline.segmentation.vertebra import segment_body, segment_body_ct
+from pipeline.segmentation.vertebra import segment_body
+from pipeline.segmentation.vertebra_ct import segment_body_ct
 
 SAGITTAL = (0, 0, -1, 1, 0, 0, 0, -1, 0)
 
