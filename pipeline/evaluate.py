@@ -158,6 +158,8 @@ class EvaluationReport:
     visit_assignment: Accuracy = field(default_factory=Accuracy)
     errors: dict[str, ErrorStat] = field(default_factory=dict)
     dice: dict[str, DiceStat] = field(default_factory=lambda: {s: DiceStat() for s in STRUCTURES})
+    #: Dice on the pipeline mask's own (image) grid, against the truth reduced to that grid.
+    dice_source_grid: dict[str, DiceStat] = field(default_factory=lambda: {s: DiceStat() for s in STRUCTURES})
     missing: dict[str, int] = field(default_factory=lambda: {
         "lesion_rows_missing": 0, "lesion_rows_unexpected": 0,
         "visit_rows_missing": 0, "visit_rows_unexpected": 0, "masks_missing": 0})
@@ -176,6 +178,7 @@ class EvaluationReport:
             "visit_assignment_accuracy": self.visit_assignment.as_dict(),
             "errors": {k: v.as_dict() for k, v in self.errors.items()},
             "dice": {k: v.as_dict() for k, v in self.dice.items()},
+            "dice_source_grid": {k: v.as_dict() for k, v in self.dice_source_grid.items()},
             "missing": dict(self.missing),
             "problems": list(self.problems),
         }
@@ -235,6 +238,54 @@ def _dice(truth_path: Path, pred_path: Path) -> float | None:
     return 2.0 * int(np.logical_and(a, b).sum()) / size
 
 
+def truth_fraction_on_grid(truth: sitk.Image, reference: sitk.Image, *, max_factor: int = 8) -> np.ndarray:
+    """Share of each ``reference`` voxel covered by the (finer) ``truth`` mask, in [0, 1].
+
+    The reference grid is cropped to the truth's bounding box, each voxel is split into
+    ``ceil(2 x reference spacing / truth spacing)`` sub-voxels per axis (at most ``max_factor``),
+    the truth is sampled (nearest neighbour, physical space) at the sub-voxel centres and
+    averaged back. Returns a float32 array shaped like ``reference`` (``(z, y, x)``).
+    """
+    frac = np.zeros(sitk.GetArrayViewFromImage(reference).shape, dtype=np.float32)
+    idx = np.argwhere(sitk.GetArrayViewFromImage(truth) > 0)
+    if idx.size == 0:
+        return frac
+    corners = [truth.TransformContinuousIndexToPhysicalPoint(
+        (float(i) + di, float(j) + dj, float(k) + dk))
+        for k, j, i in (idx.min(axis=0), idx.max(axis=0)) for di in (-1, 1) for dj in (-1, 1) for dk in (-1, 1)]
+    cidx = np.array([reference.TransformPhysicalPointToContinuousIndex(c) for c in corners])
+    size = np.asarray(reference.GetSize())
+    lo = np.clip(np.floor(cidx.min(axis=0)).astype(int) - 1, 0, size - 1)
+    hi = np.clip(np.ceil(cidx.max(axis=0)).astype(int) + 1, 0, size - 1)
+    crop = sitk.RegionOfInterest(reference, [int(v) for v in hi - lo + 1], [int(v) for v in lo])
+    factors = [int(min(max_factor, math.ceil(2.0 * rs / min(truth.GetSpacing()))))
+               for rs in crop.GetSpacing()]
+    fine = sitk.Image([n * f for n, f in zip(crop.GetSize(), factors, strict=True)], sitk.sitkUInt8)
+    fine.SetSpacing([sp / f for sp, f in zip(crop.GetSpacing(), factors, strict=True)])
+    direction = np.asarray(crop.GetDirection()).reshape(3, 3)
+    shift = direction @ np.array([sp / 2.0 * (1.0 / f - 1.0)
+                                  for sp, f in zip(crop.GetSpacing(), factors, strict=True)])
+    fine.SetOrigin(tuple(float(v) for v in np.asarray(crop.GetOrigin()) + shift))
+    fine.SetDirection(crop.GetDirection())
+    sampled = sitk.Resample(sitk.Cast(truth > 0, sitk.sitkUInt8), fine, sitk.Transform(),
+                            sitk.sitkNearestNeighbor, 0)
+    share = sitk.GetArrayFromImage(sitk.BinShrink(sitk.Cast(sampled, sitk.sitkFloat32), factors))
+    frac[lo[2]:hi[2] + 1, lo[1]:hi[1] + 1, lo[0]:hi[0] + 1] = share
+    return frac
+
+
+def _dice_source_grid(truth_path: Path, pred_path: Path) -> float | None:
+    """Dice on the pipeline mask's own grid, the truth reduced to it (voxels at least half covered)."""
+    truth = sitk.ReadImage(str(truth_path))
+    pred = sitk.ReadImage(str(pred_path))
+    a = truth_fraction_on_grid(truth, pred) >= 0.5
+    b = sitk.GetArrayViewFromImage(pred) > 0
+    size = int(a.sum()) + int(b.sum())
+    if size == 0:
+        return None
+    return 2.0 * int(np.logical_and(a, b).sum()) / size
+
+
 def _component_candidates(text: str) -> list[str]:
     names = [text] if SAFE_COMPONENT.match(text) and text not in (".", "..") else []
     safe = safe_path_component(text)
@@ -277,6 +328,9 @@ def _evaluate_masks(report: EvaluationReport, truth_root: Path, results_dir: Pat
                     stat.both_empty += 1
                 else:
                     stat.values.append(value)
+                    grid_value = _dice_source_grid(truth_mask, pred_mask)
+                    if grid_value is not None:
+                        report.dice_source_grid[structure].values.append(grid_value)
 
 
 # ---------------------------------------------------------------- main entry
@@ -384,6 +438,7 @@ def format_report(report: EvaluationReport) -> str:
     ]
     rows += [(f"|error| {name}", str(stat)) for name, stat in report.errors.items()]
     rows += [(f"Dice {name}", str(stat)) for name, stat in report.dice.items()]
+    rows += [(f"Dice {name} (image grid)", str(stat)) for name, stat in report.dice_source_grid.items()]
     rows += [(name.replace("_", " "), str(count)) for name, count in report.missing.items()]
     width = max(len(name) for name, _ in rows)
     lines = [f"Evaluation of {report.results_dir} against {report.truth_json}", ""]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage as ndi
 
 from pipeline.segmentation import common as cm
 
@@ -26,6 +27,9 @@ SEARCH_SEMI_AXES_MM: tuple[float, float, float] = (32.0, 24.0, 22.0)
 #: Plausible body volume (mL) and largest plausible extents (mm, LR/AP/SI).
 BODY_VOLUME_RANGE_ML: tuple[float, float] = (3.0, 90.0)
 BODY_MAX_EXTENT_MM: tuple[float, float, float] = (64.0, 48.0, 44.0)
+#: Lowest STIR signal (x the STIR muscle signal) of marrow: fat and cortex are darker (~0.2),
+#: so a voxel half fat, half cortex (marrow-bright on T1) is rejected; marrow itself is ~0.7.
+STIR_MARROW_MIN = 0.4
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,19 @@ def _extents_mm(mask: cm.BoolArray, image: sitk.Image) -> tuple[float, float, fl
     pts = cm.index_to_physical(image, np.argwhere(mask))
     span = pts.max(axis=0) - pts.min(axis=0)
     return (float(span[0]), float(span[1]), float(span[2]))
+
+
+def _profile(mask: cm.BoolArray, spacing: tuple[float, float, float]) -> cm.BoolArray | None:
+    """The mask's projection along its thick-slice axis, repeated over every slice (a prism).
+
+    ``None`` when the grid has no thick axis (largest spacing < 1.8 x the smallest): on near
+    isotropic grids the growth itself sees the endplates.
+    """
+    axis = int(np.argmax(spacing))
+    if spacing[axis] < 1.8 * min(spacing):
+        return None
+    flat = mask.any(axis=axis, keepdims=True)
+    return np.broadcast_to(flat, mask.shape)
 
 
 def check_body(mask: cm.BoolArray, image: sitk.Image, method: str) -> BodyResult:
@@ -167,6 +184,7 @@ def segment_body(
     allowed = (rel >= marrow_range[0]) & (rel <= marrow_range[1])
     allowed |= (rel >= 1.05) & (rel <= lesion_range[1]) & cm.dilate_mm(seed, spacing, near_cement_mm)
     edge = rel < marrow_range[0]  # cortex and cortex/marrow partial volume (not fat)
+    lesion_like: cm.BoolArray | None = None
     method = f"T1 region growing (muscle {muscle_signal:.0f}; marrow {marrow_range[0]}-{marrow_range[1]} x"
     if stir is not None:
         cm.check_3d(stir, "stir")
@@ -175,17 +193,35 @@ def segment_body(
         if sample.size >= 50:
             stir_rel = stir_arr / cm.histogram_mode(sample)
             not_disc = (rel >= 1.0) | (stir_rel >= 2.8)
-            allowed |= lesion_t1 & (stir_rel >= 1.5) & (stir_rel <= 4.0) & not_disc
+            allowed &= stir_rel >= STIR_MARROW_MIN  # fat / cortex partial volume: marrow-bright T1, dark STIR
+            lesion_like = lesion_t1 & (stir_rel >= 1.5) & (stir_rel <= 4.0)
+            allowed |= lesion_like & not_disc
             allowed &= stir_rel <= 4.0
             edge &= stir_rel < 2.0
             method += "; lesions by STIR 1.5-4 x muscle"
     method += ")"
-    allowed &= search_region(t1, cm.centroid_mm(seed, t1), SEARCH_SEMI_AXES_MM)
+    region = search_region(t1, cm.centroid_mm(seed, t1), SEARCH_SEMI_AXES_MM)
+    allowed &= region
     mask = cm.component_touching(allowed | seed, seed)
     mask = cm.component_touching(cm.open_mm(mask, spacing, opening_mm) | seed, seed)
+    if lesion_like is not None:
+        # Second pass on the body's own profile: lesion signal that looks like disc (ablation zone or
+        # tumour partial-volumed with the tangential cortex of the lateral slices) is accepted where
+        # the first pass says the body is, seen along the thick slice axis; the discs lie above and
+        # below that profile, outside it.
+        within = _profile(mask, spacing)
+        if within is not None:
+            second = (allowed | (lesion_like & within)) & region
+            mask = cm.component_touching(second | seed, seed)
+            mask = cm.component_touching(cm.open_mm(mask, spacing, opening_mm) | seed, seed)
+            method += "; second pass on the body profile"
     if cortex_mm > 0:
         shell_mm = max(cortex_mm, float(np.median(spacing)))  # at least one in-plane voxel
-        mask |= cm.dilate_mm(mask, spacing, shell_mm) & edge & body
+        shell = cm.dilate_mm(mask, spacing, shell_mm)
+        within = _profile(mask, spacing)
+        if within is not None:  # the tangential cortex of the outermost thick slices
+            shell |= ndi.binary_dilation(mask, structure=ndi.generate_binary_structure(3, 1)) & within
+        mask |= shell & edge & body
     mask = cm.fill_holes(mask)
     mask = cm.fill_holes(cm.close_mm(mask, spacing, closing_mm))
     return check_body(mask, t1, method)
