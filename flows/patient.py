@@ -21,6 +21,7 @@ from pipeline.ingest.visits import VisitAssignment, assign_visits
 from pipeline.ingest.volumes import VolumeError, load_dynamic, load_volume
 from pipeline.outputs.nifti import write_mask_nifti
 from pipeline.outputs.paths import safe_path_component
+from pipeline.outputs.transforms import write_transform
 from pipeline.response import classify, enhancement, height
 from pipeline.segmentation import ablation, cement, registration, vertebra
 from pipeline.segmentation.common import mask_image, physical_coordinates
@@ -46,6 +47,7 @@ class StudyImages:
     max_re: np.ndarray | None = None
     time_to_peak_s: np.ndarray | None = None
     stir_on_dce: sitk.Image | None = None
+    t1_on_dce: sitk.Image | None = None
 
 
 @dataclass
@@ -142,6 +144,7 @@ class LesionVisitResult:
     ablation: sitk.Image | None = None
     new_nodule_ml: float = 0.0
     heights: height.Heights | None = None
+    to_j0: sitk.Transform | None = None  # J0 physical space -> this visit's physical space
     measurement: dict[str, object] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -188,7 +191,11 @@ def _analyse(lv: LesionVisitResult, seed: sitk.Image, is_pre: bool, j0: LesionVi
     lv.residual = mask_image(residual, grid)
     if img.stir is not None and img.stir_on_dce is None:  # once per study, whatever its number of lesions
         img.stir_on_dce = registration.resample_to(grid, img.stir, None, nearest=False)
-    abl = ablation.segment_ablation_zone(body_d, cem_d, mask_image(img.enhancing, grid), img.stir_on_dce)
+    if img.t1_on_dce is None:
+        img.t1_on_dce = registration.resample_to(grid, img.t1, None, nearest=False)
+    marrow_t1 = 1.3 * muscle if muscle is not None and np.isfinite(muscle) else None
+    abl = ablation.segment_ablation_zone(body_d, cem_d, mask_image(img.enhancing, grid), img.stir_on_dce,
+                                         t1=img.t1_on_dce, marrow_t1_min=marrow_t1)
     abl_arr = sitk.GetArrayFromImage(abl).astype(bool)
     m["ablation_zone_volume_ml"] = enhancement.residual_volume_ml(abl_arr, sp)
     lv.ablation = abl
@@ -289,6 +296,7 @@ def process_patient(patient_id: str, lesions: list[Lesion], catalog: Catalog, ou
                 lv.notes.append(f"registration to J0 failed, initial alignment kept: {reg.reason}")
             seed = lv.cement_mask if lv.cement_mask is not None else _sphere_seed(
                 img.t1, reg.transform.TransformPoint(j0_mass.centroid_mm), 6.0)
+            lv.to_j0 = reg.transform
             _analyse(lv, seed, is_pre, j0_lv, reg.transform, settings)
             per_visit.append(lv)
         res, rows = _lesion_outputs(les, per_visit, j0_lv, out_dir, settings)
@@ -322,6 +330,8 @@ def _lesion_outputs(les: Lesion, per_visit: list[LesionVisitResult], j0: LesionV
         for name, mask in masks.items():
             if isinstance(mask, sitk.Image):
                 write_mask_nifti(vdir / f"{name}.nii.gz", mask)
+        if lv.to_j0 is not None:
+            write_transform(vdir / "to_j0.tfm", lv.to_j0)
         qa = "needs_review" if lv.notes or lv.study.notes else "pending"
         grade = m.get("genant_grade")
         genant = grade if isinstance(grade, int) else None

@@ -333,6 +333,66 @@ def _evaluate_masks(report: EvaluationReport, truth_root: Path, results_dir: Pat
                         report.dice_source_grid[structure].values.append(grid_value)
 
 
+def _motion(study: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    move = study.get("patient_to_scanner")
+    if not isinstance(move, Mapping):
+        return None
+    rot = np.asarray(move.get("rotation"), dtype=np.float64)
+    trans = np.asarray(move.get("translation"), dtype=np.float64)
+    return (rot, trans) if rot.shape == (3, 3) and trans.shape == (3,) else None
+
+
+def registration_error_mm(truth_j0_body: Path, transform_path: Path, j0_motion: tuple[np.ndarray, np.ndarray],
+                          visit_motion: tuple[np.ndarray, np.ndarray], *, max_points: int = 4000) -> float:
+    """Mean target registration error (mm) over the J0 truth vertebral body.
+
+    The pipeline's ``to_j0.tfm`` maps J0 scanner points to the visit's scanner points; the truth
+    map is ``R_v R_j0^T (p - t_j0) + t_v`` from the generator's repositioning of each study
+    (``patient_to_scanner``: scanner = R patient + t). The error is the mean distance between
+    the two images of the body's voxel centres (at most ``max_points``, evenly subsampled).
+    """
+    body = sitk.ReadImage(str(truth_j0_body))
+    idx = np.argwhere(sitk.GetArrayViewFromImage(body) > 0)
+    if idx.size == 0:
+        raise ValueError(f"{truth_j0_body}: empty truth body")
+    idx = idx[:: max(1, len(idx) // max_points)]
+    pts = np.array([body.TransformContinuousIndexToPhysicalPoint((float(i), float(j), float(k)))
+                    for k, j, i in idx])
+    (r0, t0), (rv, tv) = j0_motion, visit_motion
+    expected = (pts - t0) @ r0 @ rv.T + tv  # rows: R_v R_0^T (p - t_0) + t_v
+    tx = sitk.ReadTransform(str(transform_path))
+    found = np.array([tx.TransformPoint(tuple(float(c) for c in p)) for p in pts])
+    return float(np.linalg.norm(found - expected, axis=1).mean())
+
+
+def _evaluate_registration(report: EvaluationReport, truth_root: Path, results_dir: Path,
+                           lesions: Sequence[Mapping[str, Any]], studies: Mapping[str, Mapping[str, Any]]) -> None:
+    stat = report.errors["registration_tre_mm"]
+    for les in lesions:
+        lesion_id, patient_id = str(les.get("lesion_id", "")), str(les.get("patient_id", ""))
+        visits = [v for v in les.get("visits") or [] if isinstance(v, Mapping)]
+        j0 = next((v for v in visits if v.get("timepoint") == "J0"), None)
+        truth_lesion = _first_dir(truth_root, lesion_id)
+        patient_dir = _first_dir(results_dir / "patients", patient_id)
+        pred_lesion = _first_dir(patient_dir, lesion_id) if patient_dir else None
+        if j0 is None or truth_lesion is None or pred_lesion is None:
+            continue
+        j0_motion = _motion(studies.get(str(j0.get("study_uid")), {}))
+        j0_body = truth_lesion / "J0" / "vertebra.nii.gz"
+        if j0_motion is None or not j0_body.is_file():
+            continue
+        for visit in visits:
+            tp = str(visit.get("timepoint"))
+            tfm = pred_lesion / tp / "to_j0.tfm"
+            motion = _motion(studies.get(str(visit.get("study_uid")), {}))
+            if tp in ("J0", "UNSCHEDULED") or motion is None or not tfm.is_file():
+                continue
+            try:
+                stat.add(0.0, registration_error_mm(j0_body, tfm, j0_motion, motion))
+            except (RuntimeError, ValueError) as exc:
+                report.problems.append(f"{tfm.relative_to(results_dir)}: registration not evaluated ({exc})")
+
+
 # ---------------------------------------------------------------- main entry
 
 def evaluate(truth_json: Path, results_dir: Path) -> EvaluationReport:
@@ -367,6 +427,7 @@ def evaluate(truth_json: Path, results_dir: Path) -> EvaluationReport:
     report = EvaluationReport(truth_json=truth_json, results_dir=results_dir)
     report.errors = {name: ErrorStat(unit) for name, unit in (*LESION_ERRORS, *VISIT_ERRORS)}
     report.errors["heights_all_mm"] = ErrorStat("mm")
+    report.errors["cement_volume_pct"] = ErrorStat("%")
     lesions: list[dict[str, Any]] = [les for les in truth["lesions"] if isinstance(les, dict)]
     report.n_truth_lesions = len(lesions)
 
@@ -400,8 +461,14 @@ def evaluate(truth_json: Path, results_dir: Path) -> EvaluationReport:
                 report.errors[name].add(_number(visit.get(name)), _number(pred_visit.get(name)))
             for name in HEIGHTS:
                 report.errors["heights_all_mm"].add(_number(visit.get(name)), _number(pred_visit.get(name)))
+            t_cement, p_cement = _number(visit.get("cement_volume_ml")), _number(pred_visit.get("cement_volume_ml"))
+            if t_cement and p_cement is not None:
+                report.errors["cement_volume_pct"].add(0.0, 100.0 * (p_cement - t_cement) / t_cement)
     report.missing["visit_rows_unexpected"] = len(set(pred_visits) - truth_visit_keys)
     _evaluate_masks(report, truth_json.parent / "truth", results_dir, lesions)
+    studies = {str(st.get("study_uid")): st for st in truth.get("studies") or [] if isinstance(st, dict)}
+    report.errors["registration_tre_mm"] = ErrorStat("mm")
+    _evaluate_registration(report, truth_json.parent / "truth", results_dir, lesions, studies)
     return report
 
 

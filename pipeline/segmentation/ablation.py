@@ -28,6 +28,10 @@ def segment_ablation_zone(
     stir_ratio: float = 1.6,
     marrow_percentile: float = 25.0,
     fallback_radius_mm: float = 10.0,
+    t1: sitk.Image | None = None,
+    marrow_t1_min: float | None = None,
+    marrow_away_mm: float = 5.0,
+    zone_shell_mm: float = 3.0,
 ) -> sitk.Image:
     """The non-enhancing region around the cement inside the body (cement excluded).
 
@@ -35,7 +39,11 @@ def segment_ablation_zone(
     onto the body grid), the ablation zone is oedema-bright: STIR above ``stir_ratio`` x the
     normal-marrow STIR level, taken as the ``marrow_percentile`` percentile of the candidates
     deeper than 2.5 mm inside the body, away from the dark cortex (phantom: marrow 140,
-    ablation zone 380, so the threshold ~225 sits between them). Only the
+    ablation zone 380, so the threshold ~225 sits between them). When ``t1`` and
+    ``marrow_t1_min`` are given, the normal-marrow level is instead the median STIR of the
+    interior candidates that are marrow-bright on T1 (>= ``marrow_t1_min``; the ablation zone and
+    tumour are darker) and farther than ``marrow_away_mm`` from the cement: unlike the
+    percentile, it stays right when the ablation zone fills most of the body. Only the
     components touching the cement (within 2 mm) are kept, and holes enclosed by zone + cement
     are filled, except enhancing voxels (residual tumour stays out). Without STIR, the zone is
     the non-enhancing body within ``fallback_radius_mm`` of the cement, connected to it (a
@@ -53,6 +61,16 @@ def segment_ablation_zone(
         Percentile of the candidates' STIR taken as the normal-marrow level.
     fallback_radius_mm : float
         Radius (mm) of the zone around the cement when no STIR is available.
+    t1 : SimpleITK.Image, optional
+        T1 image of the same frame of reference, to find the normal marrow.
+    marrow_t1_min : float, optional
+        Lowest T1 signal (image units) of normal marrow, e.g. 1.3 x the T1 muscle signal.
+    marrow_away_mm : float
+        Normal marrow is looked for farther than this (mm) from the cement.
+    zone_shell_mm : float
+        Thickness (mm) of the shell around the cement, beyond its partial-volume voxels, where
+        the zone's own STIR level is read; the threshold is lowered to half-way between
+        marrow and that level when the latter is above ``stir_ratio`` x marrow.
 
     Returns
     -------
@@ -83,10 +101,21 @@ def segment_ablation_zone(
         interior = candidate & cm.erode_mm(body_m, spacing, 2.5)  # away from the dark cortex
         reference = interior if interior.sum() >= 50 else candidate
         marrow = float(np.percentile(stir_arr[reference], marrow_percentile))
-        hot = candidate & (stir_arr > stir_ratio * marrow)
-        logger.info(
-            "ablation zone: STIR > %.0f (%.1f x marrow %.0f)", stir_ratio * marrow, stir_ratio, marrow
-        )
+        if t1 is not None and marrow_t1_min is not None:
+            cm.check_3d(t1, "t1")
+            t1_arr = cm.to_array(t1 if cm.same_grid(t1, body) else cm.resample_like(body, t1))
+            normal = interior & (t1_arr >= marrow_t1_min) & ~cm.dilate_mm(cement_m, spacing, marrow_away_mm)
+            if normal.sum() >= 50:
+                marrow = float(np.median(stir_arr[normal]))
+        threshold = stir_ratio * marrow
+        # the zone's own level, read in the shell just around the cement (past its partial volume)
+        hug = candidate & cm.dilate_mm(cement_m, spacing, zone_shell_mm + max(spacing)) & ~near_cement
+        if hug.sum() >= 50:
+            zone_level = float(np.median(stir_arr[hug]))
+            if zone_level > threshold:  # half-way between marrow and zone when the zone is that bright
+                threshold = min(threshold, 0.5 * (marrow + zone_level))
+        hot = candidate & (stir_arr > threshold)
+        logger.info("ablation zone: STIR > %.0f (normal marrow %.0f)", threshold, marrow)
     else:
         hot = candidate & cm.dilate_mm(cement_m, spacing, fallback_radius_mm)
         logger.info(
