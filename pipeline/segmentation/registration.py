@@ -32,7 +32,8 @@ class RigidResult:
     transform : SimpleITK.Euler3DTransform
         Maps fixed physical points (LPS, mm) to moving physical points.
     metric : float
-        Final Mattes mutual information (negative: lower is better).
+        Final Mattes mutual information (negative: lower is better); NaN when the optimiser
+        failed or diverged and the initial alignment was kept.
     reason : str
         Initialisation, crop, optimiser stop condition.
     """
@@ -86,6 +87,8 @@ def register_rigid(
     crop_center_mm: Sequence[float] | None = None,
     crop_size_mm: float = 90.0,
     iterations: int = 200,
+    max_shift_mm: float = 20.0,
+    max_rotation_deg: float = 15.0,
 ) -> RigidResult:
     """Rigid (6 degrees of freedom) registration by Mattes mutual information.
 
@@ -109,6 +112,13 @@ def register_rigid(
         Side (mm) of that region.
     iterations : int
         Maximum optimiser iterations per level.
+    max_shift_mm, max_rotation_deg : float
+        Divergence guard: when the optimiser moves the crop centre farther than
+        ``max_shift_mm`` from the initial alignment, or ends with a rotation beyond
+        ``max_rotation_deg`` about any axis, its result is rejected, the initial (landmark)
+        alignment is returned with a NaN metric and the reason says so (patients move a few
+        millimetres and degrees between visits; the landmarks already bring the treated level
+        within a few millimetres).
 
     Returns
     -------
@@ -158,6 +168,7 @@ def register_rigid(
     reg.SetShrinkFactorsPerLevel([4, 2, 1])
     reg.SetSmoothingSigmasPerLevel([2.0, 1.0, 0.0])
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    initial = sitk.Euler3DTransform(tx)
     reg.SetInitialTransform(tx, inPlace=True)
     try:
         reg.Execute(fixed_f, moving_f)
@@ -168,6 +179,16 @@ def register_rigid(
         metric, stop = math.nan, f"optimiser failed ({exc}); initial transform kept"
     result = sitk.Euler3DTransform(tx)
     angles = np.degrees([result.GetAngleX(), result.GetAngleY(), result.GetAngleZ()])
+    shift = float(np.linalg.norm(np.subtract(result.TransformPoint(center), initial.TransformPoint(center))))
+    if math.isfinite(metric) and (shift > max_shift_mm or float(np.abs(angles).max()) > max_rotation_deg):
+        logger.warning("rigid registration diverged (%.1f mm from the initial alignment, rotation up to "
+                       "%.1f deg): initial alignment kept", shift, float(np.abs(angles).max()))
+        stop = (f"diverged: the optimiser moved the crop centre {shift:.1f} mm from the initial alignment "
+                f"(limit {max_shift_mm:.0f} mm) or rotated beyond {max_rotation_deg:.0f} deg; "
+                f"initial alignment kept ({stop})")
+        metric = math.nan
+        result = sitk.Euler3DTransform(initial)
+        angles = np.degrees([result.GetAngleX(), result.GetAngleY(), result.GetAngleZ()])
     reason = (
         f"init {init}; crop {crop_size_mm:.0f} mm around "
         f"({center[0]:.1f}, {center[1]:.1f}, {center[2]:.1f}); "

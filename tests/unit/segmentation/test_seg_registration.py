@@ -142,3 +142,24 @@ def test_register_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="moving must be a 3D image"):
         register_rigid(img, sitk.Image([4, 4], sitk.sitkFloat32))
     assert cm.same_grid(img, img)
+
+
+def test_divergence_guard_keeps_the_initial_alignment(
+    pair: tuple[sitk.Image, sitk.Image, sitk.Image, sitk.Image],
+) -> None:
+    """An optimiser result farther than the guard allows is rejected, with its reason."""
+    fixed, moving, _, _ = pair
+    # geometric-centre start, 8 mm from the truth: the optimiser must move more than 0.5 mm
+    result = register_rigid(fixed, moving, crop_center_mm=CEMENT_C, max_shift_mm=0.5)
+    assert math.isnan(result.metric)
+    assert "diverged" in result.reason
+    initial_translation = np.subtract(*(
+        np.asarray(c) for c in (_centre(moving), _centre(fixed))))
+    assert np.allclose(result.transform.GetTranslation(), initial_translation, atol=1e-6)
+    assert np.allclose([result.transform.GetAngleX(), result.transform.GetAngleY(),
+                        result.transform.GetAngleZ()], 0.0)
+
+
+def _centre(image: sitk.Image) -> tuple[float, ...]:
+    size = np.asarray(image.GetSize(), dtype=float)
+    return tuple(image.TransformContinuousIndexToPhysicalPoint(tuple((size - 1) / 2.0)))
