@@ -290,8 +290,11 @@ def process_patient(patient_id: str, lesions: list[Lesion], catalog: Catalog, ou
                     landmark = near[0].centroid_mm
                 else:
                     lv.notes.append("treated cement mass not found at this visit")
+            # without cement on this visit the start is the J0 position itself, off by the patient's
+            # repositioning: a translation search finds the level first
             reg = registration.register_rigid(j0_img.t1, img.t1, fixed_landmark_mm=j0_mass.centroid_mm,
-                                              moving_landmark_mm=landmark, crop_center_mm=j0_mass.centroid_mm)
+                                              moving_landmark_mm=landmark, crop_center_mm=j0_mass.centroid_mm,
+                                              search_mm=0.0 if lv.cement_mask is not None else 15.0)
             if not np.isfinite(reg.metric):
                 lv.notes.append(f"registration to J0 failed, initial alignment kept: {reg.reason}")
             seed = lv.cement_mask if lv.cement_mask is not None else _sphere_seed(

@@ -87,6 +87,8 @@ def register_rigid(
     crop_center_mm: Sequence[float] | None = None,
     crop_size_mm: float = 90.0,
     iterations: int = 200,
+    search_mm: float = 0.0,
+    search_step_mm: float = 3.0,
     max_shift_mm: float = 20.0,
     max_rotation_deg: float = 15.0,
 ) -> RigidResult:
@@ -112,6 +114,14 @@ def register_rigid(
         Side (mm) of that region.
     iterations : int
         Maximum optimiser iterations per level.
+    search_mm, search_step_mm : float
+        When ``search_mm`` > 0 (no landmark on the moving image, e.g. a pre-treatment visit),
+        the initial translation is first refined by an exhaustive search over a grid of
+        translations within +-``search_mm`` (step ``search_step_mm``), rotation fixed, by
+        mutual information on a 60 mm cube around the crop centre resampled to
+        ``search_step_mm`` voxels (deterministic, every voxel used). Keep ``search_mm`` under
+        half the distance between two vertebrae (~30 mm) so the search cannot pick a
+        neighbouring level.
     max_shift_mm, max_rotation_deg : float
         Divergence guard: when the optimiser moves the crop centre farther than
         ``max_shift_mm`` from the initial alignment, or ends with a rotation beyond
@@ -148,6 +158,8 @@ def register_rigid(
     tx.SetCenter(center)
     tx.SetTranslation(tuple(m - f for m, f in zip(m_pt, f_pt, strict=True)))
 
+    if search_mm > 0:
+        init += _translation_search(fixed, moving, tx, center, search_mm, search_step_mm)
     fixed_f = sitk.Cast(crop_physical(fixed, center, crop_size_mm), sitk.sitkFloat32)
     moving_center = tx.TransformPoint(center)
     moving_f = sitk.Cast(crop_physical(moving, moving_center, crop_size_mm * 1.6), sitk.sitkFloat32)
@@ -174,10 +186,11 @@ def register_rigid(
         reg.Execute(fixed_f, moving_f)
         metric = float(reg.GetMetricValue())
         stop = reg.GetOptimizerStopConditionDescription()
+        result = sitk.Euler3DTransform(tx)
     except RuntimeError as exc:  # ITK raises when too few samples overlap
         logger.warning("rigid registration failed: %s", exc)
         metric, stop = math.nan, f"optimiser failed ({exc}); initial transform kept"
-    result = sitk.Euler3DTransform(tx)
+        result = sitk.Euler3DTransform(initial)  # the optimiser may have moved it before failing
     angles = np.degrees([result.GetAngleX(), result.GetAngleY(), result.GetAngleZ()])
     shift = float(np.linalg.norm(np.subtract(result.TransformPoint(center), initial.TransformPoint(center))))
     if math.isfinite(metric) and (shift > max_shift_mm or float(np.abs(angles).max()) > max_rotation_deg):
@@ -197,6 +210,40 @@ def register_rigid(
     )
     logger.info("rigid registration: %s", reason)
     return RigidResult(transform=result, metric=metric, reason=reason)
+
+
+def _translation_search(fixed: sitk.Image, moving: sitk.Image, tx: sitk.Euler3DTransform,
+                        center: tuple[float, float, float], search_mm: float, step_mm: float) -> str:
+    """Move ``tx``'s translation to the best of a grid search (in place); returns a note for the reason."""
+    crop = crop_physical(fixed, center, 60.0)
+    size = [max(4, round(n * sp / step_mm)) for n, sp in zip(crop.GetSize(), crop.GetSpacing(), strict=True)]
+    grid = sitk.Image(size, sitk.sitkFloat32)
+    grid.SetDirection(crop.GetDirection())
+    grid.SetSpacing([step_mm] * 3)
+    first = np.asarray(crop.GetOrigin()) + np.asarray(crop.GetDirection()).reshape(3, 3) @ (
+        (np.full(3, step_mm) - np.asarray(crop.GetSpacing())) / 2.0)
+    grid.SetOrigin(tuple(float(v) for v in first))
+    smooth = sitk.SmoothingRecursiveGaussian(sitk.Cast(crop, sitk.sitkFloat32), step_mm / 2.0)
+    fixed_small = sitk.Resample(smooth, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    reach = 60.0 * 1.8 + 2.0 * search_mm
+    moving_crop = sitk.Cast(crop_physical(moving, tx.TransformPoint(center), reach), sitk.sitkFloat32)
+    n = math.ceil(search_mm / step_mm)
+    search = sitk.ImageRegistrationMethod()
+    search.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    search.SetMetricSamplingStrategy(search.NONE)
+    search.SetInterpolator(sitk.sitkLinear)
+    search.SetOptimizerAsExhaustive([0, 0, 0, n, n, n], stepLength=step_mm)
+    search.SetOptimizerScales([1.0] * 6)
+    start = tx.GetTranslation()
+    search.SetInitialTransform(tx, inPlace=True)
+    try:
+        search.Execute(fixed_small, moving_crop)
+    except RuntimeError as exc:
+        tx.SetTranslation(start)
+        return f"; translation search failed ({exc}), start kept"
+    moved = np.subtract(tx.GetTranslation(), start)
+    return (f"; exhaustive translation search +-{search_mm:.0f} mm (step {step_mm:.0f} mm) moved it by "
+            f"({', '.join(f'{v:.0f}' for v in moved)}) mm")
 
 
 def resample_to(

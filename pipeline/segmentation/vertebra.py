@@ -30,6 +30,11 @@ BODY_MAX_EXTENT_MM: tuple[float, float, float] = (64.0, 48.0, 44.0)
 #: Lowest STIR signal (x the STIR muscle signal) of marrow: fat and cortex are darker (~0.2),
 #: so a voxel half fat, half cortex (marrow-bright on T1) is rejected; marrow itself is ~0.7.
 STIR_MARROW_MIN = 0.4
+#: Lowest STIR signal (x muscle) of a thick-slice voxel cutting the cortex tangentially that is
+#: at least half body: cortex + marrow reads ~0.45, cortex + fat ~0.2.
+STIR_SHELL_MIN = 0.33
+#: Highest T1 signal (x muscle) read as disc on the footprint passes (phantom disc 0.83).
+DISC_T1_MAX = 0.92
 
 
 @dataclass(frozen=True)
@@ -77,8 +82,7 @@ def _profile(mask: cm.BoolArray, spacing: tuple[float, float, float]) -> cm.Bool
     axis = int(np.argmax(spacing))
     if spacing[axis] < 1.8 * min(spacing):
         return None
-    flat = mask.any(axis=axis, keepdims=True)
-    return np.broadcast_to(flat, mask.shape)
+    return np.broadcast_to(mask.any(axis=axis, keepdims=True), mask.shape)
 
 
 def check_body(mask: cm.BoolArray, image: sitk.Image, method: str) -> BodyResult:
@@ -185,6 +189,8 @@ def segment_body(
     allowed |= (rel >= 1.05) & (rel <= lesion_range[1]) & cm.dilate_mm(seed, spacing, near_cement_mm)
     edge = rel < marrow_range[0]  # cortex and cortex/marrow partial volume (not fat)
     lesion_like: cm.BoolArray | None = None
+    not_disc_pv = np.ones(rel.shape, dtype=bool)
+    holds_marrow = np.ones(rel.shape, dtype=bool)
     method = f"T1 region growing (muscle {muscle_signal:.0f}; marrow {marrow_range[0]}-{marrow_range[1]} x"
     if stir is not None:
         cm.check_3d(stir, "stir")
@@ -193,7 +199,11 @@ def segment_body(
         if sample.size >= 50:
             stir_rel = stir_arr / cm.histogram_mode(sample)
             not_disc = (rel >= 1.0) | (stir_rel >= 2.8)
+            # on the body's footprint, lesion partial-volumed with cortex (T1 ~1.0 x muscle) is
+            # accepted; the disc itself (T1 ~0.83 x) still is not
+            not_disc_pv = (rel >= DISC_T1_MAX) | (stir_rel >= 2.8)
             allowed &= stir_rel >= STIR_MARROW_MIN  # fat / cortex partial volume: marrow-bright T1, dark STIR
+            holds_marrow = stir_rel >= STIR_SHELL_MIN
             lesion_like = lesion_t1 & (stir_rel >= 1.5) & (stir_rel <= 4.0)
             allowed |= lesion_like & not_disc
             allowed &= stir_rel <= 4.0
@@ -205,23 +215,23 @@ def segment_body(
     mask = cm.component_touching(allowed | seed, seed)
     mask = cm.component_touching(cm.open_mm(mask, spacing, opening_mm) | seed, seed)
     if lesion_like is not None:
-        # Second pass on the body's own profile: lesion signal that looks like disc (ablation zone or
-        # tumour partial-volumed with the tangential cortex of the lateral slices) is accepted where
-        # the first pass says the body is, seen along the thick slice axis; the discs lie above and
-        # below that profile, outside it.
+        # Second pass on the body's own profile: lesion signal partial-volumed with the tangential
+        # cortex of the lateral slices (T1 ~1.0 x muscle, close to disc) is accepted where the first
+        # pass found body on some thick slice (its projection across them); the disc itself stays out.
         within = _profile(mask, spacing)
         if within is not None:
-            second = (allowed | (lesion_like & within)) & region
+            second = (allowed | (lesion_like & within & not_disc_pv)) & region
             mask = cm.component_touching(second | seed, seed)
             mask = cm.component_touching(cm.open_mm(mask, spacing, opening_mm) | seed, seed)
-            method += "; second pass on the body profile"
+            method += "; lesion signal accepted on the body's profile across thick slices"
     if cortex_mm > 0:
         shell_mm = max(cortex_mm, float(np.median(spacing)))  # at least one in-plane voxel
         shell = cm.dilate_mm(mask, spacing, shell_mm)
         within = _profile(mask, spacing)
-        if within is not None:  # the tangential cortex of the outermost thick slices
-            shell |= ndi.binary_dilation(mask, structure=ndi.generate_binary_structure(3, 1)) & within
         mask |= shell & edge & body
+        if within is not None:  # the tangential cortex of the outermost thick slices, if it holds marrow
+            across = ndi.binary_dilation(mask, structure=ndi.generate_binary_structure(3, 1)) & within
+            mask |= across & edge & body & holds_marrow
     mask = cm.fill_holes(mask)
     mask = cm.fill_holes(cm.close_mm(mask, spacing, closing_mm))
     return check_body(mask, t1, method)
