@@ -32,6 +32,8 @@ def segment_ablation_zone(
     marrow_t1_min: float | None = None,
     marrow_away_mm: float = 5.0,
     zone_shell_mm: float = 3.0,
+    stir_muscle: float | None = None,
+    oedema_muscle_ratio: float = 1.3,
 ) -> sitk.Image:
     """The non-enhancing region around the cement inside the body (cement excluded).
 
@@ -67,6 +69,12 @@ def segment_ablation_zone(
         Lowest T1 signal (image units) of normal marrow, e.g. 1.3 x the T1 muscle signal.
     marrow_away_mm : float
         Normal marrow is looked for farther than this (mm) from the cement.
+    stir_muscle : float, optional
+        STIR signal of paraspinal muscle (e.g. ``CementResult.muscle_stir``); when given, the
+        zone is the STIR above ``oedema_muscle_ratio`` x that level (oedema is brighter than
+        muscle on STIR, fatty marrow darker) and the marrow-based thresholds above are not used.
+    oedema_muscle_ratio : float
+        Oedema threshold as a multiple of the STIR muscle signal (phantom: marrow 0.7, zone 1.9).
     zone_shell_mm : float
         Thickness (mm) of the shell around the cement, beyond its partial-volume voxels, where
         the zone's own STIR level is read; the threshold is lowered to half-way between
@@ -108,9 +116,15 @@ def segment_ablation_zone(
             if normal.sum() >= 50:
                 marrow = float(np.median(stir_arr[normal]))
         threshold = stir_ratio * marrow
+        muscle_level = float(stir_muscle) if stir_muscle is not None else float("nan")
+        by_muscle = bool(np.isfinite(muscle_level)) and muscle_level > 0
+        if by_muscle:
+            # oedema is brighter than muscle on STIR, fatty marrow darker: a reference that does
+            # not need normal marrow in the body (the zone may fill it)
+            threshold = oedema_muscle_ratio * muscle_level
         # the zone's own level, read in the shell just around the cement (past its partial volume)
         hug = candidate & cm.dilate_mm(cement_m, spacing, zone_shell_mm + max(spacing)) & ~near_cement
-        if hug.sum() >= 50:
+        if not by_muscle and hug.sum() >= 50:
             zone_level = float(np.median(stir_arr[hug]))
             if zone_level > threshold:  # half-way between marrow and zone when the zone is that bright
                 threshold = min(threshold, 0.5 * (marrow + zone_level))

@@ -56,12 +56,15 @@ class CementResult:
         T1 paraspinal-muscle reference signal (image units); NaN for CT.
     reason : str
         What was found and the thresholds used, or why nothing was found.
+    muscle_stir : float
+        STIR signal of the same muscle (image units); NaN without STIR and for CT.
     """
 
     mask: sitk.Image
     masses: list[CementMass] = field(default_factory=list)
     muscle_signal: float = math.nan
     reason: str = ""
+    muscle_stir: float = math.nan
 
     @property
     def volume_ml(self) -> float:
@@ -195,6 +198,7 @@ def find_cement_mr(
     muscle_t1, muscle_like = cm.estimate_muscle_t1(t1_arr, body)
     void = t1_arr < muscle_ratio * muscle_t1
     stir_arr: cm.FloatArray | None = None
+    muscle_stir = math.nan
     notes = [f"T1 void < {muscle_ratio * muscle_t1:.0f} ({muscle_ratio} x muscle {muscle_t1:.0f})"]
     if stir is not None:
         stir_on_t1 = stir if cm.same_grid(stir, t1) else cm.resample_like(t1, stir)
@@ -241,4 +245,5 @@ def find_cement_mr(
             "; ".join(notes)
         )
     logger.info("MR cement: %s", reason)
-    return CementResult(mask=cm.mask_image(union, t1), masses=masses, muscle_signal=muscle_t1, reason=reason)
+    return CementResult(mask=cm.mask_image(union, t1), masses=masses, muscle_signal=muscle_t1, reason=reason,
+                        muscle_stir=muscle_stir)

@@ -70,3 +70,19 @@ def test_residual_roi_margin_in_mm(spacing: tuple[float, float, float]) -> None:
         assert abs(r[along].max() - 22.0) <= max(spacing)
     with pytest.raises(ValueError, match="margin_mm must be >= 0"):
         residual_roi(img, cem, margin_mm=-1.0)
+
+
+def test_ablation_zone_filling_the_body_is_found_against_muscle() -> None:
+    """No normal marrow left in the body: the marrow-relative threshold has nothing to read,
+    the muscle-relative one (oedema brighter than muscle on STIR) still finds the zone."""
+    grid = make_grid((1.6, 0.9, 1.2))
+    ph = build_phantom(grid, ablation_radius_mm=40.0)
+    assert ph.ablation is not None
+    body, cement = ph.mask(ph.bodies[0]), ph.mask(ph.cement[0])
+    none = ph.mask(np.zeros_like(ph.cement[0]))
+    stir = ph.image(STIR, seed=2)
+    truth = ph.ablation & ph.bodies[0]
+    by_muscle = cm.to_mask(segment_ablation_zone(body, cement, none, stir, stir_muscle=float(STIR["muscle"])))
+    by_marrow = cm.to_mask(segment_ablation_zone(body, cement, none, stir))
+    assert dice(by_muscle, truth) > 0.85
+    assert dice(by_muscle, truth) > dice(by_marrow, truth) + 0.2
