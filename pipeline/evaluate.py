@@ -308,14 +308,22 @@ def _evaluate_masks(report: EvaluationReport, truth_root: Path, results_dir: Pat
             continue
         patient_dir = _first_dir(results_dir / "patients", patient_id)
         pred_lesion = _first_dir(patient_dir, lesion_id) if patient_dir else None
+        days = {str(v.get("timepoint")): v.get("days_from_procedure") for v in les.get("visits") or []
+                if isinstance(v, Mapping)}
         for visit_dir in sorted(p for p in truth_lesion.iterdir() if p.is_dir()):
+            pred_name = visit_dir.name
+            if pred_name == "UNSCHEDULED" and isinstance(days.get(pred_name), int):
+                pred_name = f"UNSCHEDULED_{days[pred_name]:+d}d"  # the pipeline names it by its day
             for structure in STRUCTURES:
                 truth_mask = visit_dir / f"{structure}.nii.gz"
                 if not truth_mask.is_file():
                     continue
-                pred_mask = (pred_lesion / visit_dir.name / f"{structure}.nii.gz") if pred_lesion else None
+                pred_mask = (pred_lesion / pred_name / f"{structure}.nii.gz") if pred_lesion else None
                 stat = report.dice[structure]
                 if pred_mask is None or not pred_mask.is_file():
+                    if not sitk.GetArrayViewFromImage(sitk.ReadImage(str(truth_mask))).any():
+                        stat.both_empty += 1  # nothing to find (e.g. no cement before treatment)
+                        continue
                     stat.missing += 1
                     report.missing["masks_missing"] += 1
                     continue

@@ -177,3 +177,24 @@ def test_errors(tmp_path: Path) -> None:
         evaluate(bad, tmp_path)
     with pytest.raises(FileNotFoundError, match=r"results folder .* does not exist"):
         evaluate(bad, tmp_path / "missing")
+
+
+def test_truth_fraction_on_a_coarser_grid_is_the_covered_share() -> None:
+    """A 0.5 mm truth slab covering exactly 1.5 of the 3 mm slices reads 1.0 and 0.5 there, 0 elsewhere."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from pipeline.evaluate import truth_fraction_on_grid
+
+    coarse = sitk.Image([4, 4, 6], sitk.sitkUInt8)
+    coarse.SetSpacing((2.0, 2.0, 3.0))  # voxel k covers z in [3k - 1.5, 3k + 1.5]
+    fine_arr = np.zeros((36, 16, 16), dtype=np.uint8)  # 0.5 mm voxels, centres at z = -1.25 + 0.5 k
+    z = -1.25 + 0.5 * np.arange(36)
+    fine_arr[(z > 4.5) & (z < 9.0)] = 1  # all of coarse slice 2 ([4.5, 7.5]) and half of slice 3
+    fine = sitk.GetImageFromArray(fine_arr)
+    fine.SetSpacing((0.5, 0.5, 0.5))
+    fine.SetOrigin((-0.75, -0.75, -1.25))
+    frac = truth_fraction_on_grid(fine, coarse)
+    assert frac.shape == (6, 4, 4)
+    assert np.allclose(frac[2], 1.0) and np.allclose(frac[3], 0.5)
+    assert np.allclose(np.delete(frac, [2, 3], axis=0), 0.0)
