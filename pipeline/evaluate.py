@@ -321,7 +321,7 @@ def _evaluate_masks(report: EvaluationReport, truth_root: Path, results_dir: Pat
                 pred_mask = (pred_lesion / pred_name / f"{structure}.nii.gz") if pred_lesion else None
                 stat = report.dice[structure]
                 if pred_mask is None or not pred_mask.is_file():
-                    if not sitk.GetArrayViewFromImage(sitk.ReadImage(str(truth_mask))).any():
+                    if not sitk.GetArrayFromImage(sitk.ReadImage(str(truth_mask))).any():
                         stat.both_empty += 1  # nothing to find (e.g. no cement before treatment)
                         continue
                     stat.missing += 1
