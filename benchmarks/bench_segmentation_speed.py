@@ -6,7 +6,8 @@ Usage:
 For the first ``--patients`` patients of a phantom cohort (or any export with a registry), every
 MR study is loaded once (not timed: that is ingest), then each visit of each vertebral lesion is
 timed stage by stage, as ``crav run`` does it: MR cement (T1 + STIR signal void), treated body,
-rigid registration onto J0 (not at J0 itself), residual search region and ablation zone on the
+rigid registration onto J0 (not at J0 itself; with the +-15 mm translation search when the
+visit has no cement, as before treatment), residual search region and ablation zone on the
 DCE grid (the DCE enhancement map itself is response, timed apart). Prints per-stage medians
 and the median total per visit, in one process, with the machine's load before and after.
 """
@@ -107,7 +108,8 @@ def main() -> int:
                     reg = registration.register_rigid(images[j0].t1, t1,
                                                       fixed_landmark_mm=j0_mass.centroid_mm,
                                                       moving_landmark_mm=landmark,
-                                                      crop_center_mm=j0_mass.centroid_mm)
+                                                      crop_center_mm=j0_mass.centroid_mm,
+                                                      search_mm=0.0 if found.masses else 15.0)
                     transform = reg.transform
                 t_reg = time.perf_counter()
                 if found.masses:
