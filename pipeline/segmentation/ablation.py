@@ -34,6 +34,7 @@ def segment_ablation_zone(
     zone_shell_mm: float = 3.0,
     stir_muscle: float | None = None,
     oedema_muscle_ratio: float = 1.3,
+    closing_mm: float = 2.5,
 ) -> sitk.Image:
     """The non-enhancing region around the cement inside the body (cement excluded).
 
@@ -45,9 +46,12 @@ def segment_ablation_zone(
     ``marrow_t1_min`` are given, the normal-marrow level is instead the median STIR of the
     interior candidates that are marrow-bright on T1 (>= ``marrow_t1_min``; the ablation zone and
     tumour are darker) and farther than ``marrow_away_mm`` from the cement: unlike the
-    percentile, it stays right when the ablation zone fills most of the body. Only the
-    components touching the cement (within 2 mm) are kept, and holes enclosed by zone + cement
-    are filled, except enhancing voxels (residual tumour stays out). Without STIR, the zone is
+    percentile, it stays right when the ablation zone fills most of the body. When the STIR
+    muscle signal ``stir_muscle`` is given (the flow gives it), the threshold is simply
+    ``oedema_muscle_ratio`` x that signal, which needs no normal marrow at all. Only the
+    components touching the cement (within 2 mm) are kept; zone + cement is closed by
+    ``closing_mm`` and its enclosed holes filled, except enhancing voxels (residual tumour stays
+    out). Without STIR, the zone is
     the non-enhancing body within ``fallback_radius_mm`` of the cement, connected to it (a
     coarse stand-in, logged as such).
 
@@ -75,6 +79,9 @@ def segment_ablation_zone(
         muscle on STIR, fatty marrow darker) and the marrow-based thresholds above are not used.
     oedema_muscle_ratio : float
         Oedema threshold as a multiple of the STIR muscle signal (phantom: marrow 0.7, zone 1.9).
+    closing_mm : float
+        Radius (mm) of the closing of zone + cement: the voxels on the seam between them are
+        part cement, too dark on STIR to pass the threshold on their own.
     zone_shell_mm : float
         Thickness (mm) of the shell around the cement, beyond its partial-volume voxels, where
         the zone's own STIR level is read; the threshold is lowered to half-way between
@@ -136,7 +143,8 @@ def segment_ablation_zone(
             "ablation zone: no STIR, non-enhancing body within %.1f mm of the cement", fallback_radius_mm
         )
     zone = cm.component_touching(hot, near_cement)
-    zone = cm.fill_holes(zone | cement_m) & candidate
+    # the voxels between cement and zone are part cement (dark on STIR): close that seam
+    zone = cm.fill_holes(cm.close_mm(zone | cement_m, spacing, closing_mm)) & candidate
     return cm.mask_image(zone, body)
 
 
