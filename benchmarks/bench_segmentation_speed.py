@@ -132,9 +132,8 @@ def main() -> int:
                     cem_d = registration.resample_to(grid, found.masses[0].mask, None, nearest=True)
                     ablation.residual_roi(body_d, cem_d)
                     stir_d = registration.resample_to(grid, stir, None, nearest=False) if stir else None
-                    t1_d = registration.resample_to(grid, t1, None, nearest=False)
-                    ablation.segment_ablation_zone(body_d, cem_d, mask_image(enh, grid), stir_d, t1=t1_d,
-                                                   marrow_t1_min=1.3 * found.muscle_signal)
+                    ablation.segment_ablation_zone(body_d, cem_d, mask_image(enh, grid), stir_d,
+                                                   stir_muscle=found.muscle_stir)
                     t4 = time.perf_counter()
                     row.update(enhancement_map_s=t3 - t2, ablation_roi_s=t4 - t3)
                 row["segmentation_registration_s"] = sum(

@@ -47,7 +47,6 @@ class StudyImages:
     max_re: np.ndarray | None = None
     time_to_peak_s: np.ndarray | None = None
     stir_on_dce: sitk.Image | None = None
-    t1_on_dce: sitk.Image | None = None
 
 
 @dataclass
@@ -191,12 +190,9 @@ def _analyse(lv: LesionVisitResult, seed: sitk.Image, is_pre: bool, j0: LesionVi
     lv.residual = mask_image(residual, grid)
     if img.stir is not None and img.stir_on_dce is None:  # once per study, whatever its number of lesions
         img.stir_on_dce = registration.resample_to(grid, img.stir, None, nearest=False)
-    if img.t1_on_dce is None:
-        img.t1_on_dce = registration.resample_to(grid, img.t1, None, nearest=False)
-    marrow_t1 = 1.3 * muscle if muscle is not None and np.isfinite(muscle) else None
     stir_muscle = img.cement.muscle_stir if img.cement is not None else None
     abl = ablation.segment_ablation_zone(body_d, cem_d, mask_image(img.enhancing, grid), img.stir_on_dce,
-                                         t1=img.t1_on_dce, marrow_t1_min=marrow_t1, stir_muscle=stir_muscle)
+                                         stir_muscle=stir_muscle)
     abl_arr = sitk.GetArrayFromImage(abl).astype(bool)
     m["ablation_zone_volume_ml"] = enhancement.residual_volume_ml(abl_arr, sp)
     lv.ablation = abl

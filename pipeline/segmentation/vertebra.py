@@ -33,7 +33,7 @@ STIR_MARROW_MIN = 0.4
 #: Lowest STIR signal (x muscle) of a thick-slice voxel cutting the cortex tangentially that is
 #: at least half body: cortex + marrow reads ~0.45, cortex + fat ~0.2.
 STIR_SHELL_MIN = 0.33
-#: Highest T1 signal (x muscle) read as disc on the footprint passes (phantom disc 0.83).
+#: Highest T1 signal (x muscle) read as disc in the profile pass (phantom disc 0.83, lesion with cortex ~1.0).
 DISC_T1_MAX = 0.92
 
 
@@ -59,6 +59,7 @@ class BodyResult:
 def search_region(
     image: sitk.Image, center_mm: Sequence[float], semi_axes_mm: Sequence[float]
 ) -> cm.BoolArray:
+    """Voxels of ``image`` inside the LPS-aligned ellipsoid of ``semi_axes_mm`` around ``center_mm``."""
     xs, ys, zs = cm.physical_coordinates(image)
     ax, ay, az = semi_axes_mm
     return np.asarray(
@@ -86,6 +87,9 @@ def _profile(mask: cm.BoolArray, spacing: tuple[float, float, float]) -> cm.Bool
 
 
 def check_body(mask: cm.BoolArray, image: sitk.Image, method: str) -> BodyResult:
+    """Wrap a body mask as a :class:`BodyResult`: volume and extents in the reason, ``ok`` False
+    when they are not those of a vertebral body (:data:`BODY_VOLUME_RANGE_ML`,
+    :data:`BODY_MAX_EXTENT_MM`) or the mask is empty."""
     if not mask.any():
         return BodyResult(cm.mask_image(mask, image), f"{method}: nothing grown from the seed", False)
     volume = float(mask.sum()) * cm.voxel_volume_ml(image)
@@ -132,12 +136,22 @@ def segment_body(
     * T1 1.05-1.9 x m within ``near_cement_mm`` of the cement (the ablation zone that
       surrounds the cement, also without STIR; discs and muscle stay out).
 
+    With STIR, a marrow-bright T1 voxel must also reach :data:`STIR_MARROW_MIN` x the STIR
+    muscle signal: a thick slice grazing the lateral cortex and the fat beside it is
+    marrow-bright on T1 but dark on STIR.
+
     Growth starts from the cement inside an LPS ellipsoid of semi-axes
     :data:`SEARCH_SEMI_AXES_MM` around its centroid and is stopped by the dark cortex and
-    endplates; an opening of ``opening_mm`` cuts thin leaks; the non-fluid voxels darker than
-    marrow (cortex, and cortex / marrow partial volume on coarse grids) within ``cortex_mm``
-    (at least one in-plane voxel) of the grown marrow are added; enclosed holes (cement, tumour without STIR,
-    fracture lines) are filled and a ``closing_mm`` closing smooths the outline.
+    endplates; an opening of ``opening_mm`` cuts thin leaks. On grids with a thick slice axis
+    (sagittal 3-5 mm slices) and with STIR, a second growth also accepts lesion-like voxels
+    that the disc rule rejected (lesion partial-volumed with the tangential cortex reads
+    T1 ~1.0 x m, close to disc) where the first growth found body on some slice (its projection
+    along the thick axis), except the disc itself (T1 < :data:`DISC_T1_MAX` x m, STIR < 2.8 x).
+    Then the non-fluid voxels darker than marrow (cortex, and cortex / marrow partial volume on
+    coarse grids) within ``cortex_mm`` (at least one in-plane voxel) of the grown marrow are
+    added, and, one slice across the thick axis, those that still hold marrow (STIR >=
+    :data:`STIR_SHELL_MIN` x); enclosed holes (cement, tumour without STIR, fracture lines) are
+    filled and a ``closing_mm`` closing smooths the outline.
 
     Parameters
     ----------
