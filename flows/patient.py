@@ -24,7 +24,7 @@ from pipeline.outputs.paths import safe_path_component
 from pipeline.outputs.transforms import write_transform
 from pipeline.response import classify, enhancement, height
 from pipeline.segmentation import ablation, cement, registration, vertebra
-from pipeline.segmentation.common import mask_image, physical_coordinates
+from pipeline.segmentation.common import mask_image, overlap_share, physical_coordinates
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,29 @@ def _load_study(catalog: Catalog, study_uid: str, study_date: dt.date | None, se
             notes.append(f"DCE unusable: {e}")
     else:
         notes.append("no DCE series: residual enhancement not measured")
+    # the series of one visit are combined through their DICOM geometry: check it holds
+    if stir is not None and stir_rec is not None and not _same_space(t1_rec, t1, stir_rec, stir, "STIR", notes):
+        stir = None
+        used.pop("STIR", None)
+    if phases is not None and not _same_space(t1_rec, t1, dce[0], phases[0], "DCE", notes):
+        phases = times = None
+        used.pop("DCE", None)
     return StudyImages(study_uid, study_date, t1, stir, phases, times, used, notes)
+
+
+def _same_space(t1_rec: SeriesRecord, t1: sitk.Image, rec: SeriesRecord, image: sitk.Image, name: str,
+                notes: list[str]) -> bool:
+    """False (with a note) when a series does not cover the T1's anatomy; a note when its frame differs."""
+    share = overlap_share(t1, image)
+    if share < 0.2:
+        notes.append(f"{name} series {rec.series_number} lies outside the T1's field of view "
+                     f"({share:.0%} of it overlaps): not used")
+        return False
+    if rec.frame_of_reference_uid and t1_rec.frame_of_reference_uid and (
+            rec.frame_of_reference_uid != t1_rec.frame_of_reference_uid):
+        notes.append(f"{name} series {rec.series_number} has another frame of reference than the T1: "
+                     "combined through the scanner coordinates as they are; check the overlay")
+    return True
 
 
 def _enhancement(img: StudyImages, settings: Settings) -> None:

@@ -193,6 +193,29 @@ def physical_coordinates(image: sitk.Image) -> tuple[FloatArray, FloatArray, Flo
     return np.asarray(xs), np.asarray(ys), np.asarray(zs)
 
 
+def physical_bounds(image: sitk.Image) -> tuple[FloatArray, FloatArray]:
+    """Lowest and highest physical coordinates (LPS, mm) of the image's voxel-edge corners."""
+    size = image.GetSize()
+    corners = np.array([image.TransformContinuousIndexToPhysicalPoint(
+        (i - 0.5, j - 0.5, k - 0.5)) for i in (0, size[0]) for j in (0, size[1]) for k in (0, size[2])])
+    return corners.min(axis=0), corners.max(axis=0)
+
+
+def overlap_share(a: sitk.Image, b: sitk.Image) -> float:
+    """Share of ``b``'s axis-aligned physical bounding box that lies inside ``a``'s (0-1).
+
+    >>> img = sitk.Image(10, 10, 10, sitk.sitkUInt8)
+    >>> moved = sitk.Image(img); moved.SetOrigin((5.0, 0.0, 0.0))
+    >>> overlap_share(img, moved)
+    0.5
+    """
+    a_lo, a_hi = physical_bounds(a)
+    b_lo, b_hi = physical_bounds(b)
+    inter = np.clip(np.minimum(a_hi, b_hi) - np.maximum(a_lo, b_lo), 0.0, None)
+    volume = float(np.prod(b_hi - b_lo))
+    return float(np.prod(inter)) / volume if volume > 0 else 0.0
+
+
 def centroid_mm(mask: BoolArray, image: sitk.Image) -> Point:
     """Physical centroid (LPS, mm) of a non-empty mask on ``image``'s grid."""
     idx = np.argwhere(mask)

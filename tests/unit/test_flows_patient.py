@@ -40,3 +40,28 @@ def test_unexpected_error_is_contained_and_kept_out_of_logs(tmp_path: Path, monk
     assert "RuntimeError" in out.results[0].reason and "DOE^JOHN" in out.problems[0]  # details kept in run.json
     assert "RuntimeError" in caplog.text
     assert "DOE^JOHN" not in caplog.text and "P-9" not in caplog.text
+
+
+def test_series_of_a_visit_are_checked_against_the_t1_geometry() -> None:
+    """Another frame of reference is flagged for review; a series off the T1's field of view is dropped."""
+    import SimpleITK as sitk
+
+    from flows.patient import _same_space
+    from pipeline.domain import SeriesRole
+    from pipeline.ingest.catalog_schema import SeriesRecord
+
+    def rec(role: SeriesRole, frame: str) -> SeriesRecord:
+        return SeriesRecord("1.2.3." + role.value, "1.2", "P", None, "MR", role, "test", "", frame, 10,
+                            series_number=7)
+
+    t1 = sitk.Image(40, 40, 10, sitk.sitkFloat32)
+    stir = sitk.Image(t1)
+    notes: list[str] = []
+    assert _same_space(rec(SeriesRole.T1, "1.9.1"), t1, rec(SeriesRole.STIR, "1.9.1"), stir, "STIR", notes)
+    assert notes == []
+    assert _same_space(rec(SeriesRole.T1, "1.9.1"), t1, rec(SeriesRole.STIR, "1.9.2"), stir, "STIR", notes)
+    assert len(notes) == 1 and "frame of reference" in notes[0]
+    far = sitk.Image(t1)
+    far.SetOrigin((500.0, 0.0, 0.0))
+    assert not _same_space(rec(SeriesRole.T1, "1.9.1"), t1, rec(SeriesRole.DCE, "1.9.1"), far, "DCE", notes)
+    assert "outside the T1's field of view" in notes[-1] and "series 7" in notes[-1]
