@@ -302,11 +302,10 @@ def process_patient(patient_id: str, lesions: list[Lesion], catalog: Catalog, ou
             if img.cement is None:
                 img.cement = cement.find_cement_mr(img.t1, img.stir, muscle_ratio=settings.cement_mr_muscle_ratio)
             if not is_pre:
-                near = sorted(img.cement.masses,
-                              key=lambda m: float(np.linalg.norm(np.subtract(m.centroid_mm, j0_mass.centroid_mm))))
-                if near and np.linalg.norm(np.subtract(near[0].centroid_mm, j0_mass.centroid_mm)) < 25.0:
-                    lv.cement_mask = near[0].mask
-                    landmark = near[0].centroid_mm
+                found = _same_level_mass(img.cement.masses, len(same_day), rank, j0_mass.centroid_mm)
+                if found is not None:
+                    lv.cement_mask = found.mask
+                    landmark = found.centroid_mm
                 else:
                     lv.notes.append("treated cement mass not found at this visit")
             # without cement on this visit the start is the J0 position itself, off by the patient's
@@ -329,6 +328,26 @@ def process_patient(patient_id: str, lesions: list[Lesion], catalog: Catalog, ou
             last_fu[les.lesion_id] = max(fu)
     used = sorted({u for im in images.values() if not isinstance(im, str) for u in im.series_used.values()})
     return PatientOutcome(patient_id, results, measurements, problems, last_fu, used)
+
+
+def _same_level_mass(masses: list[cement.CementMass], n_levels: int, rank: int,
+                     j0_centroid_mm: tuple[float, float, float], max_mm: float = 25.0) -> cement.CementMass | None:
+    """This lesion's cement mass at a later visit, the way J0 mapped masses to levels.
+
+    When the visit shows at least as many masses as levels treated that day, the largest
+    ``n_levels`` are sorted cranio-caudally and the one of the lesion's ``rank`` is taken, as at
+    J0 (a patient who moved by more than half a level between visits keeps the right level);
+    otherwise the mass nearest the J0 position. Either way it must lie within ``max_mm`` of the
+    J0 position (scanner coordinates, which the repositioning shifts by a few millimetres).
+    """
+    if len(masses) >= n_levels:
+        chosen = sorted(sorted(masses, key=lambda m: -m.volume_ml)[:n_levels], key=lambda m: -m.centroid_mm[2])
+        pick = chosen[rank]
+    elif masses:
+        pick = min(masses, key=lambda m: float(np.linalg.norm(np.subtract(m.centroid_mm, j0_centroid_mm))))
+    else:
+        return None
+    return pick if float(np.linalg.norm(np.subtract(pick.centroid_mm, j0_centroid_mm))) < max_mm else None
 
 
 def _indeterminate(les: Lesion, reason: str) -> LesionResult:

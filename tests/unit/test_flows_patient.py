@@ -65,3 +65,23 @@ def test_series_of_a_visit_are_checked_against_the_t1_geometry() -> None:
     far.SetOrigin((500.0, 0.0, 0.0))
     assert not _same_space(rec(SeriesRole.T1, "1.9.1"), t1, rec(SeriesRole.DCE, "1.9.1"), far, "DCE", notes)
     assert "outside the T1's field of view" in notes[-1] and "series 7" in notes[-1]
+
+
+def test_follow_up_cement_is_matched_by_level_order_not_by_nearest() -> None:
+    """Two cemented levels 28 mm apart, the patient 15 mm lower in the scanner than at J0: the
+    lower level's J0 position is now nearer the upper mass (13 mm) than its own (15 mm); the
+    cranio-caudal order still maps each mass to its level."""
+    import SimpleITK as sitk
+
+    from flows.patient import _same_level_mass
+    from pipeline.segmentation.cement import CementMass
+
+    empty = sitk.Image(2, 2, 2, sitk.sitkUInt8)
+    upper = CementMass(1, (0.0, 0.0, 43.0), 5.0, empty)
+    lower = CementMass(2, (0.0, 0.0, 15.0), 4.0, empty)
+    lower_at_j0 = (0.0, 0.0, 30.0)  # the lower mass sat here at J0
+    assert _same_level_mass([upper, lower], 2, 1, lower_at_j0) is lower
+    assert _same_level_mass([upper, lower], 2, 0, (0.0, 0.0, 58.0)) is upper
+    # one mass only (the other not found): the nearest, if close enough; else none
+    assert _same_level_mass([lower], 2, 1, lower_at_j0) is lower
+    assert _same_level_mass([upper], 2, 1, (0.0, 0.0, 0.0)) is None
