@@ -113,30 +113,17 @@ def segment_ablation_zone(
     if stir is not None:
         cm.check_3d(stir, "stir")
         stir_arr = cm.to_array(stir if cm.same_grid(stir, body) else cm.resample_like(body, stir))
-        interior = candidate & cm.erode_mm(body_m, spacing, 2.5)  # away from the dark cortex
-        reference = interior if interior.sum() >= 50 else candidate
-        marrow = float(np.percentile(stir_arr[reference], marrow_percentile))
-        if t1 is not None and marrow_t1_min is not None:
-            cm.check_3d(t1, "t1")
-            t1_arr = cm.to_array(t1 if cm.same_grid(t1, body) else cm.resample_like(body, t1))
-            normal = interior & (t1_arr >= marrow_t1_min) & ~cm.dilate_mm(cement_m, spacing, marrow_away_mm)
-            if normal.sum() >= 50:
-                marrow = float(np.median(stir_arr[normal]))
-        threshold = stir_ratio * marrow
         muscle_level = float(stir_muscle) if stir_muscle is not None else float("nan")
-        by_muscle = bool(np.isfinite(muscle_level)) and muscle_level > 0
-        if by_muscle:
+        if np.isfinite(muscle_level) and muscle_level > 0:
             # oedema is brighter than muscle on STIR, fatty marrow darker: a reference that does
             # not need normal marrow in the body (the zone may fill it)
             threshold = oedema_muscle_ratio * muscle_level
-        # the zone's own level, read in the shell just around the cement (past its partial volume)
-        hug = candidate & cm.dilate_mm(cement_m, spacing, zone_shell_mm + max(spacing)) & ~near_cement
-        if not by_muscle and hug.sum() >= 50:
-            zone_level = float(np.median(stir_arr[hug]))
-            if zone_level > threshold:  # half-way between marrow and zone when the zone is that bright
-                threshold = min(threshold, 0.5 * (marrow + zone_level))
+            logger.info("ablation zone: STIR > %.0f (%.1f x muscle)", threshold, oedema_muscle_ratio)
+        else:
+            threshold = _marrow_threshold(stir_arr, candidate, body_m, cement_m, near_cement, spacing, t1, body,
+                                          stir_ratio, marrow_percentile, marrow_t1_min, marrow_away_mm,
+                                          zone_shell_mm)
         hot = candidate & (stir_arr > threshold)
-        logger.info("ablation zone: STIR > %.0f (normal marrow %.0f)", threshold, marrow)
     else:
         hot = candidate & cm.dilate_mm(cement_m, spacing, fallback_radius_mm)
         logger.info(
@@ -146,6 +133,31 @@ def segment_ablation_zone(
     # the voxels between cement and zone are part cement (dark on STIR): close that seam
     zone = cm.fill_holes(cm.close_mm(zone | cement_m, spacing, closing_mm)) & candidate
     return cm.mask_image(zone, body)
+
+
+def _marrow_threshold(stir_arr: cm.FloatArray, candidate: cm.BoolArray, body_m: cm.BoolArray,
+                      cement_m: cm.BoolArray, near_cement: cm.BoolArray, spacing: tuple[float, float, float],
+                      t1: sitk.Image | None, body: sitk.Image, stir_ratio: float, marrow_percentile: float,
+                      marrow_t1_min: float | None, marrow_away_mm: float, zone_shell_mm: float) -> float:
+    """STIR threshold relative to the normal marrow of the body (see :func:`segment_ablation_zone`)."""
+    interior = candidate & cm.erode_mm(body_m, spacing, 2.5)  # away from the dark cortex
+    reference = interior if interior.sum() >= 50 else candidate
+    marrow = float(np.percentile(stir_arr[reference], marrow_percentile))
+    if t1 is not None and marrow_t1_min is not None:
+        cm.check_3d(t1, "t1")
+        t1_arr = cm.to_array(t1 if cm.same_grid(t1, body) else cm.resample_like(body, t1))
+        normal = interior & (t1_arr >= marrow_t1_min) & ~cm.dilate_mm(cement_m, spacing, marrow_away_mm)
+        if normal.sum() >= 50:
+            marrow = float(np.median(stir_arr[normal]))
+    threshold = stir_ratio * marrow
+    # the zone's own level, read in the shell just around the cement (past its partial volume)
+    hug = candidate & cm.dilate_mm(cement_m, spacing, zone_shell_mm + max(spacing)) & ~near_cement
+    if hug.sum() >= 50:
+        zone_level = float(np.median(stir_arr[hug]))
+        if zone_level > threshold:  # half-way between marrow and zone when the zone is that bright
+            threshold = min(threshold, 0.5 * (marrow + zone_level))
+    logger.info("ablation zone: STIR > %.0f (normal marrow %.0f)", threshold, marrow)
+    return threshold
 
 
 def residual_roi(body: sitk.Image, cement: sitk.Image, margin_mm: float = 10.0) -> sitk.Image:
