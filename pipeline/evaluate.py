@@ -250,9 +250,9 @@ def truth_fraction_on_grid(truth: sitk.Image, reference: sitk.Image, *, max_fact
     idx = np.argwhere(sitk.GetArrayViewFromImage(truth) > 0)
     if idx.size == 0:
         return frac
-    corners = [truth.TransformContinuousIndexToPhysicalPoint(
-        (float(i) + di, float(j) + dj, float(k) + dk))
-        for k, j, i in (idx.min(axis=0), idx.max(axis=0)) for di in (-1, 1) for dj in (-1, 1) for dk in (-1, 1)]
+    first, last = idx.min(axis=0) - 1, idx.max(axis=0) + 1  # (k, j, i), one voxel of margin
+    corners = [truth.TransformContinuousIndexToPhysicalPoint((float(i), float(j), float(k)))
+               for k in (first[0], last[0]) for j in (first[1], last[1]) for i in (first[2], last[2])]
     cidx = np.array([reference.TransformPhysicalPointToContinuousIndex(c) for c in corners])
     size = np.asarray(reference.GetSize())
     lo = np.clip(np.floor(cidx.min(axis=0)).astype(int) - 1, 0, size - 1)
