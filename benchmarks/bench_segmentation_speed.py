@@ -19,51 +19,20 @@ import json
 import os
 import statistics
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from flows.patient import StudyImages, load_study
 from pipeline.domain import SeriesRole
-from pipeline.ingest.catalog import Catalog, SeriesRecord
+from pipeline.ingest.catalog import Catalog
 from pipeline.ingest.registry import read_registry
 from pipeline.ingest.scan import scan_export
 from pipeline.ingest.visits import assign_visits
-from pipeline.ingest.volumes import load_dynamic, load_volume
 from pipeline.response import enhancement
 from pipeline.segmentation import ablation, cement, registration, vertebra
 from pipeline.segmentation.common import mask_image, physical_coordinates
-
-
-@dataclass
-class Study:
-    t1: sitk.Image
-    stir: sitk.Image | None
-    phases: list[sitk.Image] | None
-    times: np.ndarray | None
-
-
-def _pick(series: list[SeriesRecord], role: SeriesRole) -> SeriesRecord | None:
-    cands = [s for s in series if s.role == role]
-    return max(cands, key=lambda s: (s.n_files, s.series_uid)) if cands else None
-
-
-def _load(catalog: Catalog, series: list[SeriesRecord]) -> Study:
-    t1_rec = _pick(series, SeriesRole.T1)
-    assert t1_rec is not None
-    t1 = load_volume(catalog.files(t1_rec.series_uid))
-    stir_rec = _pick(series, SeriesRole.STIR)
-    stir = load_volume(catalog.files(stir_rec.series_uid)) if stir_rec else None
-    dce = [s for s in series if s.role == SeriesRole.DCE]
-    phases = times = None
-    if dce:
-        groups = sorted({s.dynamic_group for s in dce if s.dynamic_group})
-        files = catalog.dynamic_files(groups[0]) if groups else catalog.files(max(dce, key=lambda s: s.n_files)
-                                                                              .series_uid)
-        dyn = load_dynamic(files)
-        phases, times = dyn.phases, np.asarray(dyn.times_s, dtype=float)
-    return Study(t1, stir, phases, times)
 
 
 def main() -> int:
@@ -83,11 +52,18 @@ def main() -> int:
         series = catalog.series(pid)
         studies = {st.study_uid: st for st in catalog.studies(pid)
                    if any(s.study_uid == st.study_uid and s.role == SeriesRole.T1 for s in series)}
-        images = {uid: _load(catalog, [s for s in series if s.study_uid == uid]) for uid in studies}
+        images: dict[str, StudyImages] = {}
+        for uid, st in studies.items():
+            loaded = load_study(catalog, uid, st.study_date, [s for s in series if s.study_uid == uid])
+            if isinstance(loaded, str):
+                print(f"study skipped: {loaded}")
+                continue
+            images[uid] = loaded
         for les in [x for x in lesions if x.patient_id == pid]:
             dates = {uid: st.study_date for uid, st in studies.items() if st.study_date is not None}
             visits = assign_visits(dates, les.procedure_date)
             order = sorted(visits.items(), key=lambda kv: kv[1].days_from_procedure)
+            order = [(uid, v) for uid, v in order if uid in images]
             j0 = next((uid for uid, v in order if v.visit.value == "J0"), None)
             if j0 is None:
                 continue
@@ -121,7 +97,7 @@ def main() -> int:
                 body = vertebra.segment_body(t1, seed, stir=stir, muscle_signal=found.muscle_signal)
                 t_body = time.perf_counter()
                 row.update(cement_s=t_cement - t0, registration_s=t_reg - t_cement, body_s=t_body - t_reg)
-                phases, times = img.phases, img.times
+                phases, times = img.dce_phases, img.dce_times_s
                 if phases is not None and times is not None and found.masses:
                     t2 = time.perf_counter()
                     arr = np.stack([sitk.GetArrayFromImage(p).astype(np.float64) for p in phases])

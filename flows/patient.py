@@ -67,7 +67,7 @@ def _pick(series: list[SeriesRecord], role: SeriesRole) -> SeriesRecord | None:
     return max(cands, key=lambda s: (s.n_files, s.series_uid)) if cands else None
 
 
-def _load_study(catalog: Catalog, study_uid: str, study_date: dt.date | None, series: list[SeriesRecord]
+def load_study(catalog: Catalog, study_uid: str, study_date: dt.date | None, series: list[SeriesRecord]
                 ) -> StudyImages | str:
     """Load T1 (required), STIR and the DCE of a study; a string is the reason it cannot be used."""
     t1_rec = _pick(series, SeriesRole.T1)
@@ -249,7 +249,7 @@ def process_patient(patient_id: str, lesions: list[Lesion], catalog: Catalog, ou
     def study_images(uid: str) -> StudyImages | str:
         if uid not in images:
             st = mr_studies[uid]
-            images[uid] = _load_study(catalog, uid, st.study_date, [s for s in series if s.study_uid == uid])
+            images[uid] = load_study(catalog, uid, st.study_date, [s for s in series if s.study_uid == uid])
         return images[uid]
 
     results: list[LesionResult] = []
