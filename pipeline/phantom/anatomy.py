@@ -27,6 +27,8 @@ LABEL_NAMES = (
 )
 
 FINE_SPACING_MM = 0.8
+#: Largest share of the free room of a treated body (marrow + front of the canal) a residual fills.
+MAX_FILL = 0.9
 CORTEX_MM = 1.2
 SKIN_Y_MM = 78.0
 
@@ -316,7 +318,9 @@ def draw_treated(col: Column, lab: NDArray[np.uint8], vert: Vertebra, geom: Lesi
         if geom.covers_tumour:
             ablated |= geom.tumour.inside(u, v, w)
         geom.cache["cement"], geom.cache["ablated"] = cement, ablated
-    cement = geom.cache["cement"]
+    # the cement is drawn once, in the body as treated; a body that later collapses carries it inside
+    # its lower endplates (drawn in the J0 body it would stick out of a collapsed one)
+    cement = geom.cache["cement"] & body_shape(u, v, w, vert, state.heights_mm, CORTEX_MM + 0.5)
     abl = geom.cache["ablated"] & inner & ~cement
     residual = np.zeros(body.shape, dtype=bool)
     allowed = (inner | canal_front) & ~cement & ~abl
@@ -325,6 +329,9 @@ def draw_treated(col: Column, lab: NDArray[np.uint8], vert: Vertebra, geom: Lesi
                                                      (geom.new_nodule, state.new_nodule_ml))
     for nodule, target in nodules:
         if nodule is not None and target > 0:
+            # a growing failure can be designed larger than what is left of a small body: it then
+            # fills at most 90 % of the room (the truth is read from the masks, so it stays exact)
+            target = min(target, MAX_FILL * float(np.count_nonzero(allowed)) * voxel_ml)
             scale = scale_for_volume(target, (nodule,), u, v, w, allowed, voxel_ml)
             residual |= nodule.inside(u, v, w, scale) & allowed
     sub[abl] = ABLATION
