@@ -90,10 +90,35 @@ def _patient_files(catalog_url: str) -> dict[str, list[tuple[str, int, int]]]:
     return out
 
 
+def cohort_summary_table(results: list[LesionResult], last_follow_up: dict[str, dt.date], reads: Path | None,
+                         problems: list[str]) -> dict[str, Any]:
+    """The cohort table, with the agreement with a reference read when ``reads`` is given (SPEC section 6).
+
+    A read that cannot be used (unreadable, malformed) never stops the run: the summary is
+    written without the agreement and the reason is appended to ``problems``.
+    """
+    reference_outcome = reference_j0 = None
+    if reads is not None:
+        from pipeline.evaluate import read_reference_reads
+
+        try:
+            reference = read_reference_reads(reads)
+        except (OSError, ValueError) as e:
+            problems.append(f"reference read {reads.name} not used in cohort_summary: {e}")
+        else:
+            reference_outcome, reference_j0 = reference.outcomes(), reference.j0_residuals()
+    return cohort_table(results, last_follow_up_date=last_follow_up, reference_outcome=reference_outcome,
+                        reference_j0_residual=reference_j0)
+
+
 def run_export(input_dir: Path, output_dir: Path, registry: Path | None = None, patients: list[str] | None = None,
                force: bool = False, settings_path: Path | None = None,
-               overrides: dict[str, Any] | None = None) -> int:
-    """Entry point of ``crav run``: 0 when everything ran clean, 1 when something needs a look."""
+               overrides: dict[str, Any] | None = None, reads: Path | None = None) -> int:
+    """Entry point of ``crav run``: 0 when everything ran clean, 1 when something needs a look.
+
+    ``reads``: an optional reference read CSV (``crav evaluate --reads`` format); its agreement
+    with the results goes into ``cohort_summary.json`` / ``.md``.
+    """
     _hermetic_prefect_env()
     from prefect import flow, task
     from prefect.task_runners import ThreadPoolTaskRunner
@@ -172,7 +197,7 @@ def run_export(input_dir: Path, output_dir: Path, registry: Path | None = None, 
         results.sort(key=lambda r: order.get(r.lesion.lesion_id, 0))
         write_lesions_csv(output_dir / "lesions.csv", results)
         write_measurements_csv(output_dir / "measurements.csv", rows)
-        table = cohort_table(results, last_follow_up_date=last_fu)
+        table = cohort_summary_table(results, last_fu, reads, problems)
         write_cohort_summary(output_dir, table, cohort_markdown(table))
         atomic_write_text(output_dir / "files.csv", _file_accounting_csv(catalog_url))
         atomic_write_text(output_dir / "run.json", json.dumps({

@@ -74,6 +74,19 @@ def _check_settings(path: Path | None) -> None:
         raise UsageError(f"settings file {path}: {exc}") from exc
 
 
+def _check_reads(path: Path | None) -> None:
+    """Read a reference read now so a bad row is a clean usage error before a long run."""
+    if path is None:
+        return
+    _existing_file(path, "reads file")
+    from pipeline.evaluate import read_reference_reads
+
+    try:
+        read_reference_reads(path)
+    except (OSError, ValueError) as exc:
+        raise UsageError(str(exc)) from exc
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -183,6 +196,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"no treatments.csv at the root of {input_dir}; "
                          "give the registry with --registry FILE")
     _check_settings(args.settings)
+    _check_reads(args.reads)
     crav_flow = _import("flows.crav_flow", "run")
     code = crav_flow.run_export(
         input_dir=input_dir,
@@ -192,6 +206,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         force=args.force,
         settings_path=args.settings,
         overrides={"quiet_period_s": args.quiet_period} if args.quiet_period is not None else None,
+        reads=args.reads,
     )
     _print_run_summary(output_dir)
     return int(code)
@@ -223,12 +238,22 @@ def _print_run_summary(output_dir: Path) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    results: Path | None = args.results
+    if args.results_dir is not None:
+        if results is not None and results != args.results_dir:
+            raise UsageError(f"two results folders given ({results} and {args.results_dir}); give one")
+        results = args.results_dir
+    if results is None:
+        raise UsageError("no results folder: crav evaluate --truth FILE RESULTS_DIR, "
+                         "or crav evaluate --reads FILE RESULTS_DIR (or --results DIR)")
+    if args.reads is not None:
+        return _evaluate_reads(args.reads, results, args.json)
     _existing_file(args.truth, "truth file")
-    _existing_dir(args.results, "results folder")
+    _existing_dir(results, "results folder")
     from pipeline.evaluate import evaluate, format_report
 
     try:
-        report = evaluate(args.truth, args.results)
+        report = evaluate(args.truth, results)
     except ValueError as exc:  # truth.json is not what the generator writes
         raise UsageError(str(exc)) from exc
     print(format_report(report))
@@ -237,6 +262,28 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
         write_json(args.json, report.as_dict())
         print(f"\nJSON report written to {args.json}")
+    return EXIT_OK
+
+
+def _evaluate_reads(reads: Path, results: Path, json_out: Path | None) -> int:
+    """``crav evaluate --reads``: 0 when every lesion is in both files and rated; 1 when one needs a look."""
+    _existing_file(reads, "reads file")
+    _existing_dir(results, "results folder")
+    from pipeline.evaluate import compare_reads, format_reads_report
+
+    try:
+        report = compare_reads(reads, results)
+    except (FileNotFoundError, ValueError) as exc:  # no lesions.csv, malformed read (the message names the rows)
+        raise UsageError(str(exc)) from exc
+    print(format_reads_report(report))
+    if json_out is not None:
+        from pipeline.outputs.tables import write_json
+
+        write_json(json_out, report.as_dict())
+        print(f"\nJSON report written to {json_out}")
+    if report.needs_a_look:
+        print("some lesions are in one file only, unrated or inconsistent: see the lists above", file=sys.stderr)
+        return EXIT_PROBLEMS
     return EXIT_OK
 
 
@@ -297,16 +344,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet-period", type=float, metavar="S",
                    help="seconds a file must stay unmodified before it is used (setting quiet_period_s, "
                         "default 60); 0 for a complete export such as sample_dicom/")
+    p.add_argument("--reads", type=Path, metavar="FILE",
+                   help="reference read CSV (as for crav evaluate --reads): adds the agreement with it (confusion "
+                        "matrix, Cohen's kappa) to cohort_summary.json / .md")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser(
-        "evaluate", help="compare results with a phantom's truth",
-        description="Compare a results folder with a phantom truth.json (and its truth/ masks): outcome "
-                    "accuracy and confusion matrix, j0_residual, visit assignment, volume and height "
-                    "errors, Dice per structure, missing rows.")
-    p.add_argument("--truth", type=Path, required=True, metavar="FILE",
-                   help="truth.json written by crav phantom")
-    p.add_argument("--results", type=Path, required=True, metavar="DIR", help="output folder of crav run")
+        "evaluate", help="compare results with a phantom's truth or with a reference read",
+        description=(
+            "Compare a results folder (RESULTS_DIR, or --results DIR) with either:\n"
+            "  --truth: a phantom truth.json (and its truth/ masks): outcome accuracy and confusion matrix,\n"
+            "    j0_residual, visit assignment, volume and height errors, Dice per structure, missing rows;\n"
+            "  --reads: a reference read by radiologists: outcome confusion matrix (rows = reference,\n"
+            "    columns = pipeline), observed agreement, Cohen's kappa with its standard error and 95 % CI,\n"
+            "    per-class counts, the disagreeing lesions, the lesions in one file only; the same for\n"
+            "    j0_residual when the read has that column.\n\n"
+            "reads.csv: one row per lesion; columns lesion_id and outcome (local_control, local_failure,\n"
+            "indeterminate), optionally patient_id, j0_residual (true / false, empty = not read) and reader;\n"
+            "other columns are ignored. Header names and values are read regardless of case and outer\n"
+            "spaces; comma, semicolon or tab separated. A bad row is refused with its line number.\n\n"
+            "Exit code with --reads: 0 when every lesion is in both files and rated, 1 when a lesion is in\n"
+            "one file only, unrated or its patient_id differs, 2 for a usage error or a malformed read."),
+        epilog="examples:\n  crav evaluate --truth /tmp/phantom/truth.json /tmp/phantom-out\n"
+               "  crav evaluate --reads reads.csv /data/crav-results --json agreement.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--truth", type=Path, metavar="FILE", help="truth.json written by crav phantom")
+    source.add_argument("--reads", type=Path, metavar="FILE",
+                        help="reference read CSV (lesion_id, outcome[, patient_id, j0_residual, reader])")
+    p.add_argument("results_dir", nargs="?", type=Path, metavar="RESULTS_DIR", help="output folder of crav run")
+    p.add_argument("--results", type=Path, metavar="DIR", help="output folder of crav run (same as RESULTS_DIR)")
     p.add_argument("--json", type=Path, metavar="OUT", help="also write the report as JSON to OUT")
     p.set_defaults(func=_cmd_evaluate)
     return parser

@@ -9,6 +9,12 @@ Example (after ``make demo``)::
 
     report = evaluate(Path("sample_dicom/truth.json"), Path("out/demo"))
     print(format_report(report))
+
+A results folder can also be compared with a reference read, the radiologists' outcome per
+lesion in a CSV (:func:`read_reference_reads`, :func:`compare_reads`): confusion matrix,
+observed agreement and Cohen's kappa with its standard error and 95 % CI::
+
+    print(format_reads_report(compare_reads(Path("reads.csv"), Path("out/demo"))))
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ import SimpleITK as sitk
 
 from pipeline.outputs.paths import SAFE_COMPONENT, safe_path_component
 
-__all__ = ["Accuracy", "DiceStat", "ErrorStat", "EvaluationReport", "evaluate", "format_report"]
+__all__ = ["Accuracy", "DiceStat", "ErrorStat", "EvaluationReport", "ReadsReport", "ReferenceRead", "ReferenceReads",
+           "compare_reads", "evaluate", "format_reads_report", "format_report", "read_reference_reads"]
 
 log = logging.getLogger(__name__)
 
@@ -524,6 +531,296 @@ def format_report(report: EvaluationReport) -> str:
     for t in OUTCOMES:
         cells = "  ".join(str(report.confusion[t][p]).rjust(col) for p in OUTCOMES)
         lines.append(f"{t.ljust(col)}  {cells}")
+    if report.problems:
+        lines += ["", f"{len(report.problems)} problem(s):", *(f"  - {p}" for p in report.problems)]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- reference read (radiologists)
+
+#: Columns of a reference read: required, then optional (names compared lower-case, spaces -> ``_``).
+READS_REQUIRED: tuple[str, ...] = ("lesion_id", "outcome")
+READS_OPTIONAL: tuple[str, ...] = ("patient_id", "j0_residual", "reader")
+_YES_NO: dict[str, bool] = {"true": True, "false": False, "yes": True, "no": False, "y": True, "n": False,
+                            "1": True, "0": False}
+
+
+def _token(text: str | None) -> str:
+    """``" Local Control "`` -> ``"local_control"``: lower case, outer spaces off, inner spaces / hyphens ``_``."""
+    return "_".join((text or "").strip().lower().replace("-", " ").split())
+
+
+@dataclass(frozen=True)
+class ReferenceRead:
+    """One row of a reference read (``line``: its line number in the file, header = line 1)."""
+
+    line: int
+    lesion_id: str
+    outcome: str
+    patient_id: str | None = None
+    j0_residual: bool | None = None
+    reader: str | None = None
+
+
+@dataclass(frozen=True)
+class ReferenceReads:
+    """A reference read file: its rows and which optional columns it has."""
+
+    path: Path
+    reads: tuple[ReferenceRead, ...]
+    has_j0_residual: bool = False
+
+    def outcomes(self) -> dict[str, str]:
+        """lesion_id -> outcome value."""
+        return {r.lesion_id: r.outcome for r in self.reads}
+
+    def j0_residuals(self) -> dict[str, bool | None] | None:
+        """lesion_id -> day-0 residual (None where left empty); None when the file has no such column."""
+        return {r.lesion_id: r.j0_residual for r in self.reads} if self.has_j0_residual else None
+
+    @property
+    def readers(self) -> list[str]:
+        """Distinct non-empty ``reader`` values, sorted."""
+        return sorted({r.reader for r in self.reads if r.reader})
+
+
+def read_reference_reads(path: Path) -> ReferenceReads:
+    """Read a reference read CSV: one row per lesion, as radiologists classified it.
+
+    Columns (header names are matched case- and space-insensitively, in any order):
+    ``lesion_id`` and ``outcome`` required; ``patient_id``, ``j0_residual`` and ``reader``
+    optional; any other column is ignored. The delimiter may be ``,``, ``;`` (spreadsheets in
+    French / German locales) or a tab; a UTF-8 byte-order mark is accepted. ``outcome`` is one
+    of ``local_control``, ``local_failure``, ``indeterminate``, tolerant of case, outer spaces
+    and spaces / hyphens for ``_`` (``Local control`` is read as ``local_control``).
+    ``j0_residual`` is ``true`` / ``false`` (also ``yes`` / ``no``, ``y`` / ``n``, ``1`` /
+    ``0``) or empty (not read). Blank rows are skipped.
+
+    Parameters
+    ----------
+    path : Path
+        The CSV file.
+
+    Returns
+    -------
+    ReferenceReads
+
+    Raises
+    ------
+    ValueError
+        If a required column is missing, or any row is wrong (empty ``lesion_id`` or
+        ``outcome``, unknown outcome or ``j0_residual`` value, a ``lesion_id`` given twice):
+        one message naming every bad row by its line number (header = line 1).
+    OSError
+        If the file cannot be read.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path.name}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                         "save it as CSV UTF-8") from exc
+    lines = text.splitlines()
+    header = lines[0] if lines else ""
+    delimiter = max((",", ";", "\t"), key=header.count) if header else ","
+    reader = csv.reader(lines, delimiter=delimiter)
+    try:
+        columns = [_token(c) for c in next(reader)]
+    except StopIteration:
+        raise ValueError(f"{path.name}: empty file (expected a header with lesion_id, outcome)") from None
+    missing = [c for c in READS_REQUIRED if c not in columns]
+    if missing:
+        raise ValueError(f"{path.name}: missing column(s) {', '.join(missing)} (header: {', '.join(columns)}); "
+                         f"expected {', '.join(READS_REQUIRED)} and optionally {', '.join(READS_OPTIONAL)}")
+    where = {c: columns.index(c) for c in (*READS_REQUIRED, *READS_OPTIONAL) if c in columns}
+    errors: list[str] = []
+    first_line: dict[str, int] = {}
+    reads: list[ReferenceRead] = []
+    allowed = list(OUTCOMES)
+    for line_no, row in enumerate(reader, start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+
+        def cell(name: str, row: list[str] = row) -> str:
+            i = where.get(name)
+            return row[i].strip() if i is not None and i < len(row) else ""
+
+        lesion_id, raw_outcome, raw_j0 = cell("lesion_id"), cell("outcome"), cell("j0_residual")
+        outcome = _token(raw_outcome)
+        problems: list[str] = []
+        if not lesion_id:
+            problems.append("lesion_id is empty")
+        elif lesion_id in first_line:
+            problems.append(f"lesion_id {lesion_id!r} already given on line {first_line[lesion_id]} "
+                            "(one row per lesion: one file per reader, or a consensus read)")
+        else:
+            first_line[lesion_id] = line_no
+        if not outcome:
+            problems.append("outcome is empty (write indeterminate when the reader could not decide)")
+        elif outcome not in allowed:
+            problems.append(f"outcome {raw_outcome!r} is not one of {', '.join(allowed)}")
+        j0: bool | None = None
+        if raw_j0:
+            j0 = _YES_NO.get(raw_j0.lower())
+            if j0 is None:
+                problems.append(f"j0_residual {raw_j0!r} is not true / false (or empty)")
+        if problems:
+            errors.append(f"line {line_no}: " + "; ".join(problems))
+            continue
+        reads.append(ReferenceRead(line_no, lesion_id, outcome, cell("patient_id") or None, j0,
+                                   cell("reader") or None))
+    if errors:
+        shown = errors[:10] + ([f"... and {len(errors) - 10} more bad row(s)"] if len(errors) > 10 else [])
+        raise ValueError(f"{path.name}: {len(errors)} bad row(s): " + " | ".join(shown))
+    return ReferenceReads(path, tuple(reads), "j0_residual" in where)
+
+
+@dataclass
+class ReadsReport:
+    """:func:`compare_reads`' result: ``as_dict()`` for JSON, :func:`format_reads_report` for a person."""
+
+    reads_csv: Path
+    results_dir: Path
+    n_reference: int
+    n_results: int
+    readers: list[str]
+    outcome: dict[str, Any]
+    j0_residual: dict[str, Any] | None = None
+    patient_mismatches: list[dict[str, str]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def needs_a_look(self) -> bool:
+        """True when a lesion is on one side only or unrated, or ids / patients disagree (exit code 1)."""
+        tables = [self.outcome] + ([self.j0_residual] if self.j0_residual else [])
+        unmatched = any(t[k] for t in tables for k in ("only_in_pipeline", "only_in_reference",
+                                                        "unrated_pipeline"))
+        return unmatched or bool(self.patient_mismatches or self.problems)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"reads_csv": str(self.reads_csv), "results_dir": str(self.results_dir),
+                "n_reference_lesions": self.n_reference, "n_result_lesions": self.n_results,
+                "readers": list(self.readers), "outcome_agreement": self.outcome,
+                "j0_residual_agreement": self.j0_residual, "patient_mismatches": list(self.patient_mismatches),
+                "problems": list(self.problems), "needs_a_look": self.needs_a_look}
+
+
+def compare_reads(reads_csv: Path, results_dir: Path) -> ReadsReport:
+    """Compare ``results_dir/lesions.csv`` with a reference read (:func:`read_reference_reads`).
+
+    Outcomes: confusion matrix (rows = reference read, columns = pipeline), observed agreement,
+    Cohen's kappa with its large-sample standard error and 95 % CI
+    (:func:`pipeline.response.cohort.cohens_kappa`), per-class counts, the disagreeing lesions;
+    the same for ``j0_residual`` when the read has that column. Lesions present in only one file,
+    and lesions one side left unrated, are listed by id, never dropped; a ``patient_id`` of the
+    read that differs from the results' is listed too.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``reads_csv`` or ``results_dir/lesions.csv`` does not exist.
+    ValueError
+        If the read is malformed (see :func:`read_reference_reads`) or ``lesions.csv`` has no
+        ``lesion_id`` / ``outcome`` column.
+    """
+    from pipeline.response.cohort import BOOLEAN_LABELS, agreement
+
+    reads_csv, results_dir = Path(reads_csv), Path(results_dir)
+    if not reads_csv.is_file():
+        raise FileNotFoundError(f"reads file {reads_csv} does not exist")
+    lesions_csv = results_dir / "lesions.csv"
+    if not lesions_csv.is_file():
+        raise FileNotFoundError(f"results folder {results_dir} has no lesions.csv")
+    reference = read_reference_reads(reads_csv)
+    with lesions_csv.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+        fields = reader.fieldnames or []
+    if "lesion_id" not in fields or "outcome" not in fields:
+        raise ValueError(f"{lesions_csv} has no lesion_id / outcome column: not a crav run output")
+    problems: list[str] = []
+    pipeline_outcome: dict[str, str | None] = {}
+    pipeline_j0: dict[str, bool | None] = {}
+    pipeline_patient: dict[str, str] = {}
+    for line_no, r in enumerate(rows, start=2):
+        lid = (r.get("lesion_id") or "").strip()
+        outcome = _text(r.get("outcome"))
+        if outcome not in OUTCOMES:
+            problems.append(f"lesions.csv line {line_no}: outcome {outcome!r} is not an outcome; "
+                            f"lesion {lid!r} counted as unrated by the pipeline")
+            outcome = None
+        pipeline_outcome[lid] = outcome
+        pipeline_j0[lid] = _boolean(r.get("j0_residual"))
+        pipeline_patient[lid] = (r.get("patient_id") or "").strip()
+    out = agreement(pipeline_outcome, reference.outcomes())
+    j0_ref = reference.j0_residuals()
+    j0 = agreement(pipeline_j0, j0_ref, labels=BOOLEAN_LABELS) if j0_ref is not None else None
+    mismatches = [{"lesion_id": r.lesion_id, "reference_patient_id": r.patient_id,
+                   "results_patient_id": pipeline_patient[r.lesion_id]}
+                  for r in reference.reads
+                  if r.patient_id and r.lesion_id in pipeline_patient and r.patient_id != pipeline_patient[r.lesion_id]]
+    folded = {k.casefold(): k for k in out["only_in_pipeline"]}
+    for lid in out["only_in_reference"]:
+        if lid.casefold() in folded:
+            problems.append(f"lesion {lid!r} of the read matches {folded[lid.casefold()]!r} of the results only "
+                            "when case is ignored: identifiers are compared exactly")
+    return ReadsReport(reads_csv, results_dir, len(reference.reads), len(rows), reference.readers, out, j0,
+                       mismatches, problems)
+
+
+def _format_agreement(agree: Mapping[str, Any], what: str) -> list[str]:
+    labels, matrix = agree["labels"], agree["matrix"]
+    width = max(len(x) for x in (*labels, "reference \\ pipeline", "total"))
+    cell = max(6, *(len(x) for x in labels))
+    lines = [f"{what}: rows = reference read, columns = pipeline",
+             "reference \\ pipeline".ljust(width) + "  " + "  ".join(x.rjust(cell) for x in (*labels, "total"))]
+    for label, row in zip(labels, matrix, strict=True):
+        lines.append(label.ljust(width) + "  " + "  ".join(str(c).rjust(cell) for c in (*row, sum(row))))
+    cols = [sum(row[j] for row in matrix) for j in range(len(labels))]
+    lines.append("total".ljust(width) + "  " + "  ".join(str(c).rjust(cell) for c in (*cols, sum(cols))))
+    correct = sum(matrix[i][i] for i in range(len(labels)))
+    if agree["n"]:
+        lines.append(f"observed agreement  {agree['observed_agreement']:.1%} ({correct}/{agree['n']}); "
+                     f"chance agreement {agree['chance_agreement']:.1%}")
+    else:
+        lines.append("observed agreement  n/a (no lesion rated on both sides)")
+    if agree["kappa"] is None:
+        lines.append("Cohen's kappa       n/a (undefined: no lesion, or one single category on both sides)")
+    else:
+        low, high = agree["kappa_ci95"]
+        lines.append(f"Cohen's kappa       {agree['kappa']:.3f} (SE {agree['kappa_se']:.3f}, 95 % CI {low:.3f} "
+                     f"to {high:.3f}; Fleiss, Cohen & Everitt 1969 large-sample SE)")
+    lines.append("per class           " + "; ".join(
+        f"{k}: reference {v['reference']}, pipeline {v['pipeline']}, both {v['agree']}"
+        for k, v in agree["per_class"].items()))
+    if agree["disagreements"]:
+        lines.append(f"disagreements ({len(agree['disagreements'])}):")
+        lines += [f"  - {d['lesion_id']}: reference {d['reference']}, pipeline {d['pipeline']}"
+                  for d in agree["disagreements"]]
+    from pipeline.response.cohort import UNMATCHED
+
+    for key, label in UNMATCHED:
+        ids = agree.get(key) or []
+        if ids or key.startswith("only_in"):  # one-sided lesions always shown, even when none
+            lines.append(f"{label} ({len(ids)}): " + (", ".join(ids) if ids else "none"))
+    return lines
+
+
+def format_reads_report(report: ReadsReport) -> str:
+    """The comparison with a reference read as plain text for a person."""
+    readers = f" (reader(s): {', '.join(report.readers)})" if report.readers else ""
+    lines = [f"Comparison of {report.results_dir / 'lesions.csv'} with the reference read {report.reads_csv}"
+             f"{readers}", "", f"lesions: {report.n_reference} in the read, {report.n_results} in the results, "
+             f"{report.outcome['n'] + len(report.outcome['unrated_pipeline'])} in both", ""]
+    lines += _format_agreement(report.outcome, "Outcome")
+    if report.j0_residual is not None:
+        lines += ["", *_format_agreement(report.j0_residual, "Day-0 residual (j0_residual)")]
+    else:
+        lines += ["", "Day-0 residual: the read has no j0_residual column"]
+    if report.patient_mismatches:
+        lines += ["", f"patient_id differs ({len(report.patient_mismatches)}):"]
+        lines += [f"  - {m['lesion_id']}: read {m['reference_patient_id']}, results {m['results_patient_id']}"
+                  for m in report.patient_mismatches]
     if report.problems:
         lines += ["", f"{len(report.problems)} problem(s):", *(f"  - {p}" for p in report.problems)]
     return "\n".join(lines)

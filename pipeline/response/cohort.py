@@ -18,7 +18,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from statistics import NormalDist
 from typing import Any
 
 from scipy import stats
@@ -96,7 +97,9 @@ def _pain(results: list[LesionResult]) -> dict[str, Any] | None:
 
 
 def cohort_table(results: list[LesionResult], *,
-                 last_follow_up_date: Mapping[str, dt.date] | None = None) -> dict[str, Any]:
+                 last_follow_up_date: Mapping[str, dt.date] | None = None,
+                 reference_outcome: Mapping[str, Outcome | str] | None = None,
+                 reference_j0_residual: Mapping[str, bool | None] | None = None) -> dict[str, Any]:
     """The study table computed from per-lesion results.
 
     Parameters
@@ -117,7 +120,13 @@ def cohort_table(results: list[LesionResult], *,
         over fractured lesions with a height follow-up), ``crav_alone_control`` (None without an
         ``ebrt_date`` column; ``unknown`` counts controlled lesions whose EBRT timing cannot be
         decided, not counted as CRAV-alone) and ``pain`` (None without ``vas_before`` /
-        ``vas_m1``; one pair per patient, paired Wilcoxon p-value).
+        ``vas_m1``; one pair per patient, paired Wilcoxon p-value). With a reference read,
+        also ``agreement`` (outcomes, :func:`agreement`) and, when the read gives it,
+        ``j0_residual_agreement``; these keys are absent without a reference read.
+    reference_outcome : mapping lesion_id -> Outcome (or its value), optional
+        A reference read (SPEC section 6: "when a reference read is given").
+    reference_j0_residual : mapping lesion_id -> bool or None, optional
+        The reference read's day-0 residual (None where the reader left it empty).
     """
     determinate = [r for r in results if r.outcome is not Outcome.INDETERMINATE]
     n_det = len(determinate)
@@ -132,7 +141,7 @@ def cohort_table(results: list[LesionResult], *,
     graded = [r for r in results if r.baseline_fracture is not None]
     fractured = [r for r in graded if r.baseline_fracture]
     fractured_followed = [r for r in fractured if r.height_loss is not None]
-    return {
+    table: dict[str, Any] = {
         "n_lesions": len(results),
         "n_determinate": n_det,
         "local_control": rate(sum(r.outcome is Outcome.LOCAL_CONTROL for r in results), n_det),
@@ -146,6 +155,12 @@ def cohort_table(results: list[LesionResult], *,
         "crav_alone_control": _crav_alone(results, determinate, last_follow_up_date or {}),
         "pain": _pain(results),
     }
+    if reference_outcome is not None:
+        table["agreement"] = agreement({r.lesion.lesion_id: r.outcome for r in results}, reference_outcome)
+    if reference_j0_residual is not None:
+        table["j0_residual_agreement"] = agreement(
+            {r.lesion.lesion_id: r.j0_residual for r in results}, reference_j0_residual, labels=BOOLEAN_LABELS)
+    return table
 
 
 def _fmt(r: Mapping[str, Any] | None) -> str:
@@ -180,54 +195,220 @@ def cohort_markdown(table: Mapping[str, Any]) -> str:
         rows.append(("pain (VAS) before -> M1",
                      f"{pain['vas_before_mean']:.2f} -> {pain['vas_m1_mean']:.2f} "
                      f"({pain['n_patients']} patients, paired Wilcoxon p = {p})"))
-    agree = table.get("agreement")
-    if agree:
-        kappa = "n/a" if agree["kappa"] is None else f"{agree['kappa']:.3f}"
-        rows.append(("agreement with reference read",
-                     f"accuracy {agree['accuracy']:.3f}, Cohen's kappa {kappa} ({agree['n']} lesions)"))
+    sections: list[str] = []
+    for key, what in (("agreement", "outcome"), ("j0_residual_agreement", "day-0 residual")):
+        agree = table.get(key)
+        if agree:
+            rows.append((f"agreement with the reference read ({what})", agreement_summary(agree)))
+            sections += ["", *agreement_markdown(agree, f"{what[0].upper()}{what[1:]}: reference read (rows) "
+                                                       "vs pipeline (columns)")]
     lines = [f"# Cohort summary ({table['n_lesions']} lesions, {table['n_determinate']} with a determinate "
              "outcome)", "", "| result | value |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in rows]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + sections) + "\n"
 
 
-def agreement(pipeline: Mapping[str, Outcome | str],
-              reference: Mapping[str, Outcome | str]) -> dict[str, Any]:
-    """Confusion matrix, accuracy and Cohen's kappa between the pipeline and a reference read.
+def agreement_summary(agree: Mapping[str, Any]) -> str:
+    """One line: observed agreement with its numerator, Cohen's kappa with SE and 95 % CI, unmatched lesions.
+
+    >>> C, F = "local_control", "local_failure"
+    >>> a = agreement({"A": C, "B": F, "C": F, "D": C}, {"A": C, "B": F, "C": C, "D": C, "E": F})
+    >>> for part in agreement_summary(a).split("; "):
+    ...     print(part)
+    observed agreement 0.750 (3/4), Cohen's kappa 0.500 (SE 0.375, 95 % CI -0.235 to 1.000)
+    1 only in the reference read
+    """
+    n = agree["n"]
+    acc = "n/a" if agree["accuracy"] is None else f"{agree['accuracy']:.3f}"
+    correct = sum(agree["matrix"][i][i] for i in range(len(agree["labels"])))
+    if agree["kappa"] is None:
+        kappa = "n/a (undefined: no lesion, or a single category on both sides)"
+    else:
+        low, high = agree["kappa_ci95"]
+        kappa = f"{agree['kappa']:.3f} (SE {agree['kappa_se']:.3f}, 95 % CI {low:.3f} to {high:.3f})"
+    text = f"observed agreement {acc} ({correct}/{n}), Cohen's kappa {kappa}"
+    extra = [f"{len(agree[k])} {label}" for k, label in UNMATCHED if agree.get(k)]
+    return text + (f"; {', '.join(extra)}" if extra else "")
+
+
+def agreement_markdown(agree: Mapping[str, Any], title: str) -> list[str]:
+    """Markdown lines: the confusion matrix (rows = reference, columns = pipeline) with margins."""
+    labels, matrix = agree["labels"], agree["matrix"]
+    lines = [f"## {title}", "", "| reference \\ pipeline | " + " | ".join(labels) + " | total |",
+             "|---|" + "---|" * (len(labels) + 1)]
+    for label, row in zip(labels, matrix, strict=True):
+        lines.append(f"| {label} | " + " | ".join(str(c) for c in row) + f" | {sum(row)} |")
+    cols = [sum(row[j] for row in matrix) for j in range(len(labels))]
+    lines.append("| total | " + " | ".join(str(c) for c in cols) + f" | {sum(cols)} |")
+    for key, label in UNMATCHED:
+        if agree.get(key):
+            lines += ["", f"{label}: " + ", ".join(_md_escape(str(k)) for k in agree[key])]
+    return lines
+
+
+def _md_escape(text: str) -> str:
+    """An identifier made inert in Markdown (no table break, no HTML, no emphasis)."""
+    for char, repl in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;")):
+        text = text.replace(char, repl)
+    return "".join(f"\\{c}" if c in "|*_`[]\\#" else c for c in text)
+
+
+Label = str
+#: Labels of a yes / no read (``j0_residual``), in matrix order.
+BOOLEAN_LABELS: tuple[str, ...] = ("true", "false")
+#: Lesions left out of an agreement table, by reason: (key of :func:`agreement`'s result, wording).
+UNMATCHED: tuple[tuple[str, str], ...] = (
+    ("only_in_reference", "only in the reference read"), ("only_in_pipeline", "only in the results"),
+    ("unrated_reference", "unrated by the reference"), ("unrated_pipeline", "unrated by the pipeline"))
+#: Two-sided 95 % normal quantile (``statistics.NormalDist().inv_cdf(0.975)``).
+Z_95 = NormalDist().inv_cdf(0.975)
+
+
+def cohens_kappa(matrix: Sequence[Sequence[int]]) -> dict[str, Any]:
+    """Cohen's kappa of a square agreement table, with its large-sample standard error and 95 % CI.
+
+    With ``p_ij`` the cell proportions, ``p_i.`` / ``p_.j`` the row / column margins and ``n``
+    the number of rated items (Cohen, 1960, Educ. Psychol. Meas. 20:37-46):
+    ``p_o = sum_i p_ii``, ``p_e = sum_i p_i. p_.i``, ``kappa = (p_o - p_e) / (1 - p_e)``.
+
+    Standard error: the large-sample formula of Fleiss, Cohen & Everitt (1969, Psychol. Bull.
+    72:323-327; Fleiss, Levin & Paik, *Statistical Methods for Rates and Proportions*, 3rd ed.,
+    2003, eq. 18.13), the one SAS PROC FREQ (AGREE) reports as ASE::
+
+        var(kappa) = [ sum_i p_ii (1 - (p_i. + p_.i)(1 - kappa))^2
+                       + (1 - kappa)^2 sum_{i != j} p_ij (p_.i + p_j.)^2
+                       - (kappa - p_e (1 - kappa))^2 ] / (n (1 - p_e)^2)
+
+    and the 95 % CI is ``kappa +/- 1.96 SE``, clipped to [-1, 1]. ``kappa_se_h0`` is the
+    standard error under the null hypothesis kappa = 0 (same references, eq. 18.15), for a
+    z test: ``[p_e + p_e^2 - sum_i p_i. p_.i (p_i. + p_.i)] / (n (1 - p_e)^2)``. Both are
+    asymptotic: with a few tens of lesions read them as indicative.
 
     Parameters
     ----------
-    pipeline, reference : mapping lesion_id -> Outcome (or its string value)
+    matrix : square sequence of sequences of non-negative int
+        Counts, rows = one rater (here the reference read), columns = the other (the pipeline).
 
     Returns
     -------
     dict
-        ``labels`` (outcome values), ``matrix`` (rows = reference, columns = pipeline, in
-        ``labels`` order), ``n`` (lesions in both), ``accuracy``, ``kappa`` (None when
-        undefined: no lesion, or chance agreement 1), ``only_in_pipeline``, ``only_in_reference``.
+        ``n``, ``observed_agreement`` (p_o), ``chance_agreement`` (p_e), ``kappa``,
+        ``kappa_se``, ``kappa_se_h0``, ``kappa_ci95`` (``[low, high]``). Every value is None
+        when undefined: no item (n = 0), or chance agreement 1 (a single category used by
+        both raters: kappa is 0/0).
 
     Raises
     ------
     ValueError
-        If a value is not an outcome.
+        If the table is not square or holds a negative count.
+
+    Examples
+    --------
+    Cohen (1960), Table 1: 200 items, proportions [[.44, .07, .09], [.05, .20, .05],
+    [.01, .03, .06]]; p_o = .70, p_e = .41, kappa = .492:
+
+    >>> k = cohens_kappa([[88, 14, 18], [10, 40, 10], [2, 6, 12]])
+    >>> round(k["observed_agreement"], 2), round(k["chance_agreement"], 2), round(k["kappa"], 3)
+    (0.7, 0.41, 0.492)
     """
-    common = sorted(set(pipeline) & set(reference))
-    index = {o: i for i, o in enumerate(OUTCOMES)}
-    matrix = [[0] * len(OUTCOMES) for _ in OUTCOMES]
-    for key in common:
+    size = len(matrix)
+    if any(len(row) != size for row in matrix):
+        raise ValueError(f"agreement table must be square, got rows of lengths {[len(r) for r in matrix]}")
+    if any(c < 0 for row in matrix for c in row):
+        raise ValueError("agreement table holds a negative count")
+    n = sum(sum(row) for row in matrix)
+    out: dict[str, Any] = {"n": n, "observed_agreement": None, "chance_agreement": None, "kappa": None,
+                           "kappa_se": None, "kappa_se_h0": None, "kappa_ci95": None}
+    if n == 0:
+        return out
+    p = [[c / n for c in row] for row in matrix]
+    rows = [sum(row) for row in p]
+    cols = [sum(p[i][j] for i in range(size)) for j in range(size)]
+    p_o = sum(p[i][i] for i in range(size))
+    p_e = sum(rows[i] * cols[i] for i in range(size))
+    out.update(observed_agreement=p_o, chance_agreement=p_e)
+    if p_e >= 1.0 - 1e-12:
+        return out
+    kappa = (p_o - p_e) / (1.0 - p_e)
+    a = sum(p[i][i] * (1.0 - (rows[i] + cols[i]) * (1.0 - kappa)) ** 2 for i in range(size))
+    b = (1.0 - kappa) ** 2 * sum(p[i][j] * (cols[i] + rows[j]) ** 2
+                                 for i in range(size) for j in range(size) if i != j)
+    c = (kappa - p_e * (1.0 - kappa)) ** 2
+    se = math.sqrt(max(a + b - c, 0.0) / (n * (1.0 - p_e) ** 2))
+    var0 = p_e + p_e**2 - sum(rows[i] * cols[i] * (rows[i] + cols[i]) for i in range(size))
+    se0 = math.sqrt(max(var0, 0.0) / (n * (1.0 - p_e) ** 2))
+    out.update(kappa=kappa, kappa_se=se, kappa_se_h0=se0,
+               kappa_ci95=[max(-1.0, kappa - Z_95 * se), min(1.0, kappa + Z_95 * se)])
+    return out
+
+
+def _label(value: Any, labels: Sequence[str] | None) -> str | None:
+    """The label of one rating (None = not rated); raises ValueError for a value outside the labels."""
+    if value is None:
+        return None
+    if labels is None:
+        return Outcome(value).value
+    text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    if text not in labels:
+        raise ValueError(f"{value!r} is not one of {list(labels)}")
+    return text
+
+
+def agreement(pipeline: Mapping[str, Any], reference: Mapping[str, Any], *,
+              labels: Sequence[str] | None = None) -> dict[str, Any]:
+    """Confusion matrix, observed agreement and Cohen's kappa between the pipeline and a reference read.
+
+    Lesions are matched by key (``lesion_id``). Nothing is dropped silently: lesions present on
+    one side only, and lesions one side left unrated (value None), are listed by id.
+
+    Parameters
+    ----------
+    pipeline, reference : mapping lesion_id -> rating
+        Outcome (or its string value) by default; with ``labels``, a label among them (a bool
+        is read as ``"true"`` / ``"false"``). None = not rated (e.g. ``j0_residual`` unknown).
+    labels : sequence of str, optional
+        The categories, in matrix order (default: the three outcomes;
+        :data:`BOOLEAN_LABELS` for a yes / no read such as ``j0_residual``).
+
+    Returns
+    -------
+    dict
+        ``labels``; ``matrix`` (rows = reference, columns = pipeline, in ``labels`` order);
+        ``n`` (lesions rated on both sides); ``accuracy`` (= ``observed_agreement``),
+        ``chance_agreement``, ``kappa``, ``kappa_se``, ``kappa_se_h0``, ``kappa_ci95`` (see
+        :func:`cohens_kappa`; None when undefined); ``per_class`` (label -> ``reference``,
+        ``pipeline`` and ``agree`` counts); ``disagreements`` (``lesion_id``, ``reference``,
+        ``pipeline``); ``only_in_pipeline``, ``only_in_reference``; ``unrated_pipeline``,
+        ``unrated_reference`` (in both, left unrated by that side).
+
+    Raises
+    ------
+    ValueError
+        If a value is not one of the labels (the message names the lesion).
+    """
+    names = [o.value for o in OUTCOMES] if labels is None else list(labels)
+    index = {name: i for i, name in enumerate(names)}
+    matrix = [[0] * len(names) for _ in names]
+    disagreements: list[dict[str, str]] = []
+    unrated_pipeline: list[str] = []
+    unrated_reference: list[str] = []
+    for key in sorted(set(pipeline) & set(reference)):
         try:
-            ref, got = Outcome(reference[key]), Outcome(pipeline[key])
+            ref, got = _label(reference[key], labels), _label(pipeline[key], labels)
         except ValueError as exc:
-            raise ValueError(f"lesion {key!r}: {exc}; outcomes are {[o.value for o in OUTCOMES]}") from exc
+            raise ValueError(f"lesion {key!r}: {exc}; expected one of {names}") from exc
+        if ref is None or got is None:
+            (unrated_reference if ref is None else unrated_pipeline).append(key)
+            continue
         matrix[index[ref]][index[got]] += 1
-    n = len(common)
-    p_o = sum(matrix[i][i] for i in range(len(OUTCOMES))) / n if n else None
-    kappa: float | None = None
-    if n and p_o is not None:
-        rows = [sum(row) for row in matrix]
-        cols = [sum(matrix[i][j] for i in range(len(OUTCOMES))) for j in range(len(OUTCOMES))]
-        p_e = sum(r * c for r, c in zip(rows, cols, strict=True)) / n**2
-        kappa = None if p_e >= 1.0 else (p_o - p_e) / (1.0 - p_e)
-    return {"labels": [o.value for o in OUTCOMES], "matrix": matrix, "n": n, "accuracy": p_o,
-            "kappa": kappa, "only_in_pipeline": sorted(set(pipeline) - set(reference)),
-            "only_in_reference": sorted(set(reference) - set(pipeline))}
+        if ref != got:
+            disagreements.append({"lesion_id": key, "reference": ref, "pipeline": got})
+    stats_ = cohens_kappa(matrix)
+    per_class = {name: {"reference": sum(matrix[i]), "pipeline": sum(row[i] for row in matrix),
+                        "agree": matrix[i][i]} for name, i in index.items()}
+    return {"labels": names, "rows": "reference", "columns": "pipeline", "matrix": matrix, "n": stats_["n"],
+            "accuracy": stats_["observed_agreement"], **stats_, "per_class": per_class,
+            "disagreements": disagreements,
+            "only_in_pipeline": sorted(set(pipeline) - set(reference)),
+            "only_in_reference": sorted(set(reference) - set(pipeline)),
+            "unrated_pipeline": unrated_pipeline, "unrated_reference": unrated_reference}

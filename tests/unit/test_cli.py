@@ -49,6 +49,8 @@ def test_help_of_each_command(command: str, capsys: pytest.CaptureFixture[str]) 
         ["phantom", "--patients", "many", "--seed", "1", "--out", "x"],
         ["phantom", "--sample", "--seed", "1", "--out", "x"],
         ["evaluate", "--truth", "t.json"],
+        ["evaluate", "out"],  # neither --truth nor --reads
+        ["evaluate", "--truth", "t.json", "--reads", "r.csv", "out"],  # both
         ["scan"],
     ],
 )
@@ -112,7 +114,8 @@ def test_run_calls_flow_with_typed_arguments(tmp_path: Path, monkeypatch: pytest
                        str(registry), "--patient", "A", "B", "--patient", "C", "--force"], capsys)
     assert code == 1  # the flow's "finished with problems" is passed through
     assert seen == {"input_dir": export, "output_dir": tmp_path / "o", "registry": registry,
-                    "patients": ["A", "B", "C"], "force": True, "settings_path": None, "overrides": None}
+                    "patients": ["A", "B", "C"], "force": True, "settings_path": None, "overrides": None,
+                    "reads": None}
     _run(["run", "--input", str(export), "--output", str(tmp_path / "o"), "--registry", str(registry),
           "--quiet-period", "0"], capsys)
     assert seen["overrides"] == {"quiet_period_s": 0.0}
@@ -151,6 +154,81 @@ def test_evaluate_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                          capsys)
     assert code == 0 and "outcome accuracy" in text and "n/a (0 pairs)" in text
     assert json.loads(out.read_text())["outcome_accuracy"]["total"] == 0
+
+
+def test_evaluate_truth_with_positional_results_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    truth = tmp_path / "truth.json"
+    truth.write_text(json.dumps({"lesions": [], "studies": []}))
+    code, text, _ = _run(["evaluate", "--truth", str(truth), str(tmp_path)], capsys)
+    assert code == 0 and "outcome accuracy" in text
+    code, _, err = _run(["evaluate", "--truth", str(truth), "--results", str(tmp_path / "a"), str(tmp_path)], capsys)
+    assert code == 2 and "two results folders" in err
+
+
+def _reads_setup(tmp_path: Path, reads_text: str) -> tuple[Path, Path]:
+    results = tmp_path / "out"
+    results.mkdir()
+    (results / "lesions.csv").write_text("patient_id,lesion_id,j0_residual,outcome\nP1,A,false,local_control\n"
+                                         "P1,B,true,local_failure\nP2,C,true,local_control\n", encoding="utf-8")
+    reads = tmp_path / "reads.csv"
+    reads.write_text(reads_text, encoding="utf-8")
+    return reads, results
+
+
+def test_evaluate_reads_clean_exit_0_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    reads, results = _reads_setup(tmp_path, "Lesion_ID,Outcome,J0_Residual\nA,Local Control,false\n"
+                                            "B,local_failure,true\nC,local_failure,true\n")
+    out = tmp_path / "agreement.json"
+    code, text, err = _run(["evaluate", "--reads", str(reads), str(results), "--json", str(out)], capsys)
+    assert code == 0, err
+    assert "observed agreement  66.7% (2/3)" in text and "Cohen's kappa" in text
+    assert "only in the reference read (0): none" in text and f"JSON report written to {out}" in text
+    data = json.loads(out.read_text())
+    assert data["outcome_agreement"]["matrix"] == [[1, 0, 0], [1, 1, 0], [0, 0, 0]]
+    assert data["j0_residual_agreement"]["kappa"] == 1.0 and data["needs_a_look"] is False
+
+
+def test_evaluate_reads_unmatched_lesion_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    reads, results = _reads_setup(tmp_path, "lesion_id,outcome\nA,local_control\nB,local_failure\nZ,local_control\n")
+    code, text, err = _run(["evaluate", "--reads", str(reads), "--results", str(results)], capsys)
+    assert code == 1
+    assert "only in the reference read (1): Z" in text and "only in the results (1): C" in text
+    assert "see the lists above" in err
+
+
+def test_evaluate_reads_bad_row_is_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    reads, results = _reads_setup(tmp_path, "lesion_id,outcome\nA,local_control\nB,progression\n")
+    code, out, err = _run(["evaluate", "--reads", str(reads), str(results)], capsys)
+    assert code == 2 and out == ""
+    assert err.strip() == ("crav evaluate: error: reads.csv: 1 bad row(s): line 3: outcome 'progression' is not "
+                           "one of local_control, local_failure, indeterminate")
+    code, _, err = _run(["evaluate", "--reads", str(tmp_path / "none.csv"), str(results)], capsys)
+    assert code == 2 and "reads file" in err and "does not exist" in err
+    code, _, err = _run(["evaluate", "--reads", str(reads), str(tmp_path / "nope")], capsys)
+    assert code == 2 and "results folder" in err
+    (results / "lesions.csv").unlink()
+    reads.write_text("lesion_id,outcome\nA,local_control\n", encoding="utf-8")
+    code, _, err = _run(["evaluate", "--reads", str(reads), str(results)], capsys)
+    assert code == 2 and "has no lesions.csv" in err
+
+
+def test_run_reads_checked_before_running_and_passed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "treatments.csv").write_text("patient_id,lesion_id,level,procedure_date\n")
+    seen: dict[str, Any] = {}
+    fake = types.ModuleType("flows.crav_flow")
+    fake.run_export = lambda **kw: seen.update(kw) or 0  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "flows.crav_flow", fake)
+    reads = tmp_path / "reads.csv"
+    reads.write_text("lesion_id,outcome\nA,maybe\n", encoding="utf-8")
+    argv = ["run", "--input", str(export), "--output", str(tmp_path / "o"), "--reads", str(reads)]
+    code, _, err = _run(argv, capsys)
+    assert code == 2 and "line 2: outcome 'maybe'" in err and not seen
+    reads.write_text("lesion_id,outcome\nA,local_control\n", encoding="utf-8")
+    code, _, _ = _run(argv, capsys)
+    assert code == 0 and seen["reads"] == reads
 
 
 def test_console_script_entry_point(tmp_path: Path) -> None:

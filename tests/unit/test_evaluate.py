@@ -1,4 +1,4 @@
-"""evaluate(): known truth vs known results -> known accuracies, confusion matrix and Dice."""
+"""evaluate(): known truth vs known results -> known accuracies, confusion matrix and Dice; reference reads."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from pipeline import domain
-from pipeline.evaluate import evaluate, format_report
+from pipeline.evaluate import compare_reads, evaluate, format_reads_report, format_report, read_reference_reads
 from pipeline.outputs.nifti import write_mask_nifti
 from pipeline.outputs.paths import safe_path_component
 from pipeline.outputs.tables import write_lesions_csv, write_measurements_csv
@@ -198,3 +198,131 @@ def test_truth_fraction_on_a_coarser_grid_is_the_covered_share() -> None:
     assert frac.shape == (6, 4, 4)
     assert np.allclose(frac[2], 1.0) and np.allclose(frac[3], 0.5)
     assert np.allclose(np.delete(frac, [2, 3], axis=0), 0.0)
+
+
+# ---------------------------------------------------------------- reference read
+
+LESIONS_HEADER = ("patient_id,lesion_id,level,procedure_date,j0_residual,j0_residual_volume_ml,outcome,"
+                  "failure_timepoint,baseline_fracture,height_loss,max_height_loss_pct,reason\n")
+
+
+def _lesions_csv(folder: Path, rows: list[tuple[str, str, str, str]]) -> Path:
+    """rows: (patient_id, lesion_id, j0_residual, outcome)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    text = LESIONS_HEADER + "".join(f"{p},{lid},L2,2021-01-10,{j0},,{o},,,,,r\n" for p, lid, j0, o in rows)
+    (folder / "lesions.csv").write_text(text, encoding="utf-8")
+    return folder
+
+
+def test_read_reference_reads_is_tolerant(tmp_path: Path) -> None:
+    f = tmp_path / "reads.csv"
+    f.write_text("\ufeff Lesion ID ; OUTCOME ;Patient_ID;J0 residual;Reader;comment\n"
+                 " A-1 ; Local Control ;P1;yes;dr X;ok\n"
+                 "\n"
+                 ";;;;;\n"
+                 "A-2;local-failure;P1;;dr Y;\n"
+                 "B-1;INDETERMINATE;P2;0;;\n", encoding="utf-8")
+    reads = read_reference_reads(f)
+    assert [(r.line, r.lesion_id, r.outcome, r.j0_residual) for r in reads.reads] == [
+        (2, "A-1", "local_control", True), (5, "A-2", "local_failure", None), (6, "B-1", "indeterminate", False)]
+    assert reads.has_j0_residual and reads.readers == ["dr X", "dr Y"]
+    assert reads.outcomes() == {"A-1": "local_control", "A-2": "local_failure", "B-1": "indeterminate"}
+    assert reads.j0_residuals() == {"A-1": True, "A-2": None, "B-1": False}
+    g = tmp_path / "minimal.csv"
+    g.write_text("lesion_id,outcome\nA-1,local_control\n", encoding="utf-8")
+    minimal = read_reference_reads(g)
+    assert not minimal.has_j0_residual and minimal.j0_residuals() is None and minimal.reads[0].patient_id is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("lesion_id,outcome\nA,cured\n", r"line 2: outcome 'cured' is not one of local_control, local_failure"),
+        ("lesion_id,outcome\nA,local_control\nB,\n", r"line 3: outcome is empty"),
+        ("lesion_id,outcome\n,local_control\n", r"line 2: lesion_id is empty"),
+        ("lesion_id,outcome\nA,local_control\nA,local_failure\n", r"line 3: lesion_id 'A' already given on line 2"),
+        ("lesion_id,outcome,j0_residual\nA,local_control,maybe\n", r"line 2: j0_residual 'maybe'"),
+        ("lesion,outcome\nA,local_control\n", r"missing column\(s\) lesion_id"),
+        ("", r"empty file"),
+    ],
+)
+def test_read_reference_reads_refuses_bad_rows(tmp_path: Path, text: str, message: str) -> None:
+    f = tmp_path / "reads.csv"
+    f.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
+        read_reference_reads(f)
+
+
+def test_read_reference_reads_lists_every_bad_row(tmp_path: Path) -> None:
+    f = tmp_path / "reads.csv"
+    f.write_text("lesion_id,outcome\n" + "".join(f"L{i},bad\n" for i in range(12)), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"12 bad row\(s\): line 2: .* \| line 3: .*and 2 more bad row"):
+        read_reference_reads(f)
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("lesion_id,outcome\nL\xe9,local_control\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="not UTF-8"):
+        read_reference_reads(latin)
+
+
+def test_compare_reads_known_answers(tmp_path: Path) -> None:
+    results = _lesions_csv(tmp_path / "out", [
+        ("P1", "A", "false", "local_control"), ("P1", "B", "true", "local_failure"),
+        ("P2", "C", "true", "local_control"), ("P2", "D", "", "indeterminate"),
+        ("P3", "E", "false", "local_control"), ("P3", "ONLY-RESULTS", "false", "local_control"),
+    ])
+    reads = tmp_path / "reads.csv"
+    reads.write_text("patient_id,lesion_id,outcome,j0_residual,reader\n"
+                     "P1,A,local_control,false,R1\nP1,B,local_failure,true,R1\nP2,C,local_failure,true,R1\n"
+                     "P2,D,indeterminate,false,R1\nPX,E,local_control,,R1\nP9,ONLY-READ,local_control,,R1\n",
+                     encoding="utf-8")
+    report = compare_reads(reads, results)
+    o = report.outcome
+    # rows = reference, columns = pipeline: A C/C, B F/F, C F/C, D I/I, E C/C
+    assert o["matrix"] == [[2, 0, 0], [1, 1, 0], [0, 0, 1]]
+    assert o["n"] == 5 and o["accuracy"] == pytest.approx(0.8)
+    # p_e = (2 x 3 + 2 x 1 + 1 x 1) / 25 = 9 / 25; kappa = (0.8 - 0.36) / 0.64
+    assert o["kappa"] == pytest.approx(0.44 / 0.64)
+    assert o["kappa_se"] is not None and o["kappa_ci95"][0] < o["kappa"] < o["kappa_ci95"][1]
+    assert o["only_in_reference"] == ["ONLY-READ"] and o["only_in_pipeline"] == ["ONLY-RESULTS"]
+    assert o["disagreements"] == [{"lesion_id": "C", "reference": "local_failure", "pipeline": "local_control"}]
+    j0 = report.j0_residual
+    assert j0 is not None and j0["matrix"] == [[2, 0], [0, 1]]
+    assert j0["unrated_pipeline"] == ["D"] and j0["unrated_reference"] == ["E"]
+    assert report.patient_mismatches == [{"lesion_id": "E", "reference_patient_id": "PX",
+                                          "results_patient_id": "P3"}]
+    assert report.readers == ["R1"] and report.needs_a_look
+    text = format_reads_report(report)
+    assert "Outcome: rows = reference read, columns = pipeline" in text
+    assert "observed agreement  80.0% (4/5)" in text and "Cohen's kappa       0.688 (SE" in text
+    assert "only in the reference read (1): ONLY-READ" in text and "only in the results (1): ONLY-RESULTS" in text
+    assert "  - C: reference local_failure, pipeline local_control" in text
+    assert "E: read PX, results P3" in text
+    data = json.loads(json.dumps(report.as_dict()))
+    assert data["outcome_agreement"]["matrix"] == o["matrix"] and data["needs_a_look"] is True
+
+
+def test_compare_reads_clean_and_without_j0(tmp_path: Path) -> None:
+    results = _lesions_csv(tmp_path / "out", [("P1", "A", "false", "local_control"),
+                                              ("P1", "B", "true", "local_failure")])
+    reads = tmp_path / "reads.csv"
+    reads.write_text("lesion_id,outcome\nA,local_control\nB,local_failure\n", encoding="utf-8")
+    report = compare_reads(reads, results)
+    assert report.outcome["kappa"] == 1.0 and report.j0_residual is None and not report.needs_a_look
+    assert "the read has no j0_residual column" in format_reads_report(report)
+
+
+def test_compare_reads_errors_and_odd_results(tmp_path: Path) -> None:
+    reads = tmp_path / "reads.csv"
+    reads.write_text("lesion_id,outcome\nA,local_control\nb,local_control\n", encoding="utf-8")
+    with pytest.raises(FileNotFoundError, match=r"has no lesions\.csv"):
+        compare_reads(reads, tmp_path)
+    with pytest.raises(FileNotFoundError, match="reads file"):
+        compare_reads(tmp_path / "none.csv", tmp_path)
+    (tmp_path / "lesions.csv").write_text("x,y\n1,2\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="not a crav run output"):
+        compare_reads(reads, tmp_path)
+    _lesions_csv(tmp_path, [("P", "A", "", "cured"), ("P", "B", "", "local_control")])
+    report = compare_reads(reads, tmp_path)
+    assert report.outcome["unrated_pipeline"] == ["A"] and report.needs_a_look
+    assert any("outcome 'cured' is not an outcome" in p for p in report.problems)
+    assert any("'b' of the read matches 'B'" in p for p in report.problems)

@@ -8,7 +8,15 @@ import pytest
 from scipy import stats
 
 from pipeline.domain import Lesion, LesionResult, Outcome
-from pipeline.response.cohort import agreement, cohort_markdown, cohort_table
+from pipeline.response.cohort import (
+    BOOLEAN_LABELS,
+    agreement,
+    agreement_markdown,
+    agreement_summary,
+    cohens_kappa,
+    cohort_markdown,
+    cohort_table,
+)
 
 C, F, IND = Outcome.LOCAL_CONTROL, Outcome.LOCAL_FAILURE, Outcome.INDETERMINATE
 
@@ -79,7 +87,7 @@ def test_markdown_shows_numerators() -> None:
     md = cohort_markdown(t)
     assert md.startswith("# Cohort summary (10 lesions, 8 with a determinate outcome)")
     assert "| day-0 MRI without residual tumour | 55.6 % (5/9) |" in md
-    assert "paired Wilcoxon p" in md and "accuracy 1.000" in md
+    assert "paired Wilcoxon p" in md and "observed agreement 1.000 (1/1)" in md
 
 
 def test_empty_cohort() -> None:
@@ -99,6 +107,10 @@ def test_agreement_kappa_by_hand() -> None:
     # p_o = 0.8, p_e = (7*7 + 3*3) / 100 = 0.58, kappa = 0.22 / 0.42
     assert a["kappa"] == pytest.approx(0.22 / 0.42)
     assert a["only_in_pipeline"] == ["EXTRA"] and a["only_in_reference"] == ["MISSING"]
+    assert a["per_class"]["local_control"] == {"reference": 7, "pipeline": 7, "agree": 6}
+    assert a["per_class"]["indeterminate"] == {"reference": 0, "pipeline": 0, "agree": 0}
+    assert a["disagreements"] == [{"lesion_id": "L0", "reference": "local_control", "pipeline": "local_failure"},
+                                  {"lesion_id": "L7", "reference": "local_failure", "pipeline": "local_control"}]
 
 
 def test_agreement_degenerate_and_errors() -> None:
@@ -107,3 +119,106 @@ def test_agreement_degenerate_and_errors() -> None:
     assert agreement({}, {})["kappa"] is None
     with pytest.raises(ValueError, match="lesion 'A'"):
         agreement({"A": "cured"}, {"A": C})
+
+
+# ---------------------------------------------------------------- Cohen's kappa and its standard error
+
+def test_kappa_cohen_1960_table_1() -> None:
+    """Cohen (1960), Educ. Psychol. Meas. 20:37-46, Table 1: 200 items, 3 categories, kappa .492.
+
+    Proportions [[.44, .07, .09], [.05, .20, .05], [.01, .03, .06]] (the same table is the example
+    of R psych::cohen.kappa, "cohen reports .492"): p_o = .70, p_e = .60 x .50 + .30 x .30 + .10 x .20
+    = .41, kappa = .29 / .59.
+    """
+    k = cohens_kappa([[88, 14, 18], [10, 40, 10], [2, 6, 12]])
+    assert k["n"] == 200
+    assert k["observed_agreement"] == pytest.approx(0.70)
+    assert k["chance_agreement"] == pytest.approx(0.41)
+    assert k["kappa"] == pytest.approx(0.29 / 0.59)
+    assert round(k["kappa"], 3) == 0.492
+
+
+def test_kappa_standard_error_matches_sas_proc_freq() -> None:
+    """SAS PROC FREQ / AGREE printout for [[0, 4, 1], [0, 8, 0], [0, 1, 5]] (reproduced in statsmodels'
+    test suite, statsmodels/stats/tests/test_inter_rater.py): kappa 0.4842, ASE 0.1380, 95 % CI
+    0.2137 to 0.7547, ASE under H0 0.1484. SAS's ASE is the Fleiss-Cohen-Everitt (1969) formula.
+    The table has an empty first column, which the formula must survive."""
+    k = cohens_kappa([[0, 4, 1], [0, 8, 0], [0, 1, 5]])
+    assert k["kappa"] == pytest.approx(0.4842, abs=5e-5)
+    assert k["kappa_se"] == pytest.approx(0.1380, abs=5e-5)
+    assert k["kappa_ci95"] == pytest.approx([0.2137, 0.7547], abs=5e-5)
+    assert k["kappa_se_h0"] == pytest.approx(0.1484, abs=5e-5)
+
+
+def test_kappa_two_by_two_by_hand() -> None:
+    """50 items, [[20, 5], [10, 15]]: p_o = 35/50 = .7, p_e = (25 x 30 + 25 x 20) / 2500 = .5, kappa .4.
+
+    SE by hand (Fleiss, Cohen & Everitt 1969) with p = [[.4, .1], [.2, .3]], rows (.5, .5),
+    columns (.6, .4), 1 - kappa = .6:
+    A = .4 (1 - 1.1 x .6)^2 + .3 (1 - .9 x .6)^2 = .4 x .1156 + .3 x .2116 = .10972
+    B = .36 [.1 (.6 + .5)^2 + .2 (.4 + .5)^2] = .36 (.121 + .162) = .10188
+    C = (.4 - .5 x .6)^2 = .01
+    var = (A + B - C) / (50 x .25) = .2016 / 12.5
+    """
+    k = cohens_kappa([[20, 5], [10, 15]])
+    assert k["kappa"] == pytest.approx(0.4)
+    assert k["kappa_se"] == pytest.approx((0.2016 / 12.5) ** 0.5)
+    low, high = k["kappa_ci95"]
+    assert low == pytest.approx(0.4 - 1.959964 * k["kappa_se"], abs=1e-6)
+    assert high == pytest.approx(0.4 + 1.959964 * k["kappa_se"], abs=1e-6)
+    # under H0: [p_e + p_e^2 - sum p_i. p_.i (p_i. + p_.i)] / (n (1 - p_e)^2)
+    var0 = (0.5 + 0.25 - (0.5 * 0.6 * 1.1 + 0.5 * 0.4 * 0.9)) / (50 * 0.25)
+    assert k["kappa_se_h0"] == pytest.approx(var0**0.5)
+
+
+def test_kappa_perfect_and_degenerate() -> None:
+    perfect = cohens_kappa([[5, 0], [0, 5]])
+    assert perfect["kappa"] == 1.0 and perfect["kappa_se"] == 0.0 and perfect["kappa_ci95"] == [1.0, 1.0]
+    worst = cohens_kappa([[0, 5], [5, 0]])
+    assert worst["kappa"] == -1.0 and worst["kappa_ci95"][0] >= -1.0  # CI clipped to [-1, 1]
+    empty = cohens_kappa([[0, 0], [0, 0]])
+    assert empty["n"] == 0 and empty["kappa"] is None and empty["observed_agreement"] is None
+    one_class = cohens_kappa([[4, 0], [0, 0]])  # p_e = 1: kappa 0/0
+    assert one_class["observed_agreement"] == 1.0 and one_class["kappa"] is None
+    assert one_class["kappa_se"] is None and one_class["kappa_ci95"] is None
+    with pytest.raises(ValueError, match="square"):
+        cohens_kappa([[1, 2], [3]])
+    with pytest.raises(ValueError, match="negative"):
+        cohens_kappa([[1, -2], [3, 4]])
+
+
+def test_agreement_reports_kappa_ci_and_unrated() -> None:
+    pipeline = {"A": True, "B": False, "C": None, "D": True, "E": True}
+    reference = {"A": True, "B": False, "C": True, "D": None, "F": False}
+    a = agreement(pipeline, reference, labels=BOOLEAN_LABELS)
+    assert a["labels"] == ["true", "false"] and a["matrix"] == [[1, 0], [0, 1]]
+    assert a["n"] == 2 and a["kappa"] == 1.0 and a["kappa_ci95"] == [1.0, 1.0]
+    assert a["unrated_pipeline"] == ["C"] and a["unrated_reference"] == ["D"]
+    assert a["only_in_pipeline"] == ["E"] and a["only_in_reference"] == ["F"]
+    with pytest.raises(ValueError, match="lesion 'A'"):
+        agreement({"A": "maybe"}, {"A": "true"}, labels=BOOLEAN_LABELS)
+
+
+def test_cohort_table_with_reference_read() -> None:
+    results = [_r("A", C, False), _r("B", F, True), _r("C", IND, None), _r("D", C, True)]
+    t = cohort_table(results, reference_outcome={"A": C, "B": "local_failure", "C": F, "X|<b>": C},
+                     reference_j0_residual={"A": False, "B": True, "C": None, "D": False})
+    agree = t["agreement"]
+    assert agree["n"] == 3 and agree["only_in_pipeline"] == ["D"] and agree["only_in_reference"] == ["X|<b>"]
+    assert agree["matrix"] == [[1, 0, 0], [0, 1, 1], [0, 0, 0]]
+    j0 = t["j0_residual_agreement"]
+    assert j0["matrix"] == [[1, 0], [1, 1]] and j0["unrated_reference"] == ["C"]
+    md = cohort_markdown(t)
+    assert "| agreement with the reference read (outcome) | observed agreement 0.667 (2/3)" in md
+    assert "| agreement with the reference read (day-0 residual) |" in md
+    assert "## Outcome: reference read (rows) vs pipeline (columns)" in md
+    assert "| local_failure | 0 | 1 | 1 | 2 |" in md and "| total | 1 | 1 | 1 | 3 |" in md
+    assert "only in the reference read: X\\|&lt;b&gt;" in md  # ids cannot break the table or inject HTML
+    assert "agreement" not in cohort_table(results)  # no reference read: no agreement keys
+
+
+def test_agreement_text_helpers() -> None:
+    a = agreement({"A": C}, {"A": C})
+    assert "n/a (undefined" in agreement_summary(a)
+    lines = agreement_markdown(a, "t")
+    assert lines[0] == "## t" and lines[-1] == "| total | 1 | 0 | 0 | 1 |"
