@@ -43,6 +43,7 @@ class StudyImages:
     series_used: dict[str, str]
     notes: list[str] = field(default_factory=list)
     cement: cement.CementResult | None = None
+    maps: enhancement.EnhancementMaps | None = None  # on the DCE grid
     enhancing: np.ndarray | None = None  # on the DCE grid
     max_re: np.ndarray | None = None
     time_to_peak_s: np.ndarray | None = None
@@ -134,6 +135,7 @@ def _enhancement(img: StudyImages, settings: Settings) -> None:
         return
     arr = np.stack([sitk.GetArrayFromImage(p).astype(np.float64) for p in img.dce_phases])
     maps = enhancement.relative_enhancement(arr, img.dce_times_s)
+    img.maps = maps
     img.enhancing = enhancement.enhancing_mask(maps, re_threshold=settings.enhancement_re_threshold,
                                                noise_sigmas=settings.enhancement_noise_sigmas)
     s_pre = maps.s_pre if maps.s_pre is not None else arr[: maps.n_pre].mean(axis=0)
@@ -199,15 +201,18 @@ def _analyse(lv: LesionVisitResult, seed: sitk.Image, is_pre: bool, j0: LesionVi
         m["registration_error_mm"] = registration.cement_surface_distance_mm(j0.cement_mask, lv.cement_mask,
                                                                              transform)
     _enhancement(img, settings)
-    if img.enhancing is None or img.dce_phases is None:
+    if img.enhancing is None or img.dce_phases is None or img.maps is None:
         return
     grid = img.dce_phases[0]
     body_d = registration.resample_to(grid, body.mask, None, nearest=True)
     cem_d = registration.resample_to(grid, lv.cement_mask, None, nearest=True)
     roi = sitk.GetArrayFromImage(ablation.residual_roi(body_d, cem_d, settings.residual_margin_mm)).astype(bool)
     sp = _spacing_zyx(grid)
-    enh = img.enhancing & roi
-    residual = enhancement.remove_rim(enh, sp, rim_mm=settings.rim_max_thickness_mm)
+    residual = enhancement.residual_mask(img.maps, roi, sp, re_threshold=settings.enhancement_re_threshold,
+                                         noise_sigmas=settings.enhancement_noise_sigmas,
+                                         rim_mm=settings.rim_max_thickness_mm,
+                                         peak_fraction=settings.residual_peak_fraction,
+                                         peak_radius_mm=settings.residual_peak_radius_mm)
     m["residual_enhancing_volume_ml"] = enhancement.residual_volume_ml(residual, sp)
     lv.residual = mask_image(residual, grid)
     if img.stir is not None and img.stir_on_dce is None:  # once per study, whatever its number of lesions

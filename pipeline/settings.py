@@ -39,6 +39,10 @@ class Settings:
     enhancement_re_threshold: float = 0.15
     enhancement_noise_sigmas: float = 3.0
     rim_max_thickness_mm: float = 2.0
+    # partial-volume edge of residual tissue: a voxel counts when its enhancement reaches this share
+    # of the local peak within the radius (not in SPEC; 0 turns it off and keeps the SPEC mask as is)
+    residual_peak_fraction: float = 0.5
+    residual_peak_radius_mm: float = 5.0
     # DCE (SPEC section 4)
     hematocrit: float = 0.42
     assumed_t10_ms: float = 1000.0

@@ -44,6 +44,8 @@ class _Frame:
     time_s: float | None
     trigger_ms: float | None
     echo_ms: float | None = None
+    repetition_ms: float | None = None  # RepetitionTime (0018,0080)
+    flip_deg: float | None = None  # FlipAngle (0018,1314)
     component: str = ""
     source: str = ""  # file name (and frame / tile) for messages
 
@@ -118,6 +120,8 @@ def _classic_frame(ds: Dataset, name: str) -> _Frame:
         time_s=None if tod is None else tod + (day or 0.0),
         trigger_ms=header_number(ds, "TriggerTime"),
         echo_ms=header_number(ds, "EchoTime"),
+        repetition_ms=header_number(ds, "RepetitionTime"),
+        flip_deg=header_number(ds, "FlipAngle"),
         component=_component(ds.get("ComplexImageComponent"), header_values(ds, "ImageType")),
         source=name,
     )
@@ -163,6 +167,8 @@ def _enhanced_frames(ds: Dataset, name: str) -> list[_Frame]:
         temporal = value("FrameContentSequence", "TemporalPositionIndex")
         trigger = value("CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime")
         echo = value("MREchoSequence", "EffectiveEchoTime")
+        tr = value("MRTimingAndRelatedParametersSequence", "RepetitionTime")
+        flip = value("MRTimingAndRelatedParametersSequence", "FlipAngle")
         frame_type = value("MRImageFrameTypeSequence", "FrameType") or value("CTImageFrameTypeSequence", "FrameType")
         component = value("MRImageFrameTypeSequence", "ComplexImageComponent") or ds.get("ComplexImageComponent")
         frames.append(
@@ -183,6 +189,8 @@ def _enhanced_frames(ds: Dataset, name: str) -> list[_Frame]:
                 time_s=_datetime_s(value("FrameContentSequence", "FrameAcquisitionDateTime")),
                 trigger_ms=float(trigger) if trigger is not None else None,
                 echo_ms=float(echo) if echo is not None else None,
+                repetition_ms=float(tr) if tr is not None else None,
+                flip_deg=float(flip) if flip is not None else None,
                 component=_component(
                     component, [str(t).upper() for t in frame_type] if frame_type else image_type
                 ),

@@ -56,6 +56,8 @@ class DynamicSeries:
 
     phases: list[sitk.Image]
     times_s: np.ndarray
+    repetition_time_s: float | None = None  # RepetitionTime of the first frame, for signal to concentration
+    flip_angle_deg: float | None = None  # FlipAngle of the first frame
 
 
 # --------------------------------------------------------------------------- reading files
@@ -268,4 +270,7 @@ def load_dynamic(
             raise VolumeError(
                 f"dynamic series: phase {i} is not on the grid of phase 1 (size, position or spacing)"
             )
-    return DynamicSeries(phases=phases, times_s=_phase_times(groups))
+    first = groups[0][0]
+    return DynamicSeries(phases=phases, times_s=_phase_times(groups),
+                         repetition_time_s=first.repetition_ms / 1000.0 if first.repetition_ms else None,
+                         flip_angle_deg=first.flip_deg if first.flip_deg else None)
