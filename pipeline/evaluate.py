@@ -20,6 +20,7 @@ observed agreement and Cohen's kappa with its standard error and 95 % CI::
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import json
 import logging
 import math
@@ -171,10 +172,13 @@ class EvaluationReport:
         "lesion_rows_missing": 0, "lesion_rows_unexpected": 0,
         "visit_rows_missing": 0, "visit_rows_unexpected": 0, "masks_missing": 0})
     problems: list[str] = field(default_factory=list)
+    #: The study table (SPEC top table) from the truth and from the results: row -> {truth, pipeline}.
+    cohort: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "truth_json": str(self.truth_json), "results_dir": str(self.results_dir),
+            "cohort_table": self.cohort,
             "n_truth_lesions": self.n_truth_lesions, "n_result_lesions": self.n_result_lesions,
             "outcome_accuracy": self.outcome.as_dict(),
             "outcome_confusion": {"rows_truth_columns_pipeline": list(OUTCOMES), "matrix": self.confusion},
@@ -480,11 +484,70 @@ def evaluate(truth_json: Path, results_dir: Path) -> EvaluationReport:
             if t_cement and p_cement is not None:
                 report.errors["cement_volume_pct"].add(0.0, 100.0 * (p_cement - t_cement) / t_cement)
     report.missing["visit_rows_unexpected"] = len(set(pred_visits) - truth_visit_keys)
+    report.cohort = compare_cohort_tables(lesions, lesion_rows)
     _evaluate_masks(report, truth_json.parent / "truth", results_dir, lesions)
     studies = {str(st.get("study_uid")): st for st in truth.get("studies") or [] if isinstance(st, dict)}
     report.errors["registration_tre_mm"] = ErrorStat("mm")
     _evaluate_registration(report, truth_json.parent / "truth", results_dir, lesions, studies)
     return report
+
+
+#: Rows of the study table compared by :func:`compare_cohort_tables`: (label, key, sub-key or None).
+COHORT_ROWS: tuple[tuple[str, str, str | None], ...] = (
+    ("local control", "local_control", None),
+    ("local failure", "local_failure", None),
+    ("J0 without residual", "j0_no_residual", None),
+    ("  of which controlled", "j0_no_residual", "controlled"),
+    ("J0 with residual", "j0_residual", None),
+    ("  of which controlled", "j0_residual", "controlled"),
+    ("baseline fracture", "baseline_fracture", None),
+    ("  of which lost height", "baseline_fracture", "height_loss"),
+)
+
+
+def _as_result(row: Mapping[str, Any]) -> Any:
+    """A truth.json lesion or a lesions.csv row as a :class:`pipeline.domain.LesionResult`."""
+    from pipeline.domain import Lesion, LesionResult, Outcome
+
+    try:
+        outcome = Outcome(_text(row.get("outcome")) or "indeterminate")
+    except ValueError:
+        outcome = Outcome.INDETERMINATE
+    lesion = Lesion(str(row.get("patient_id", "")), str(row.get("lesion_id", "")), str(row.get("level", "")),
+                    dt.date.min)
+    return LesionResult(lesion, _boolean(row.get("j0_residual")), _number(row.get("j0_residual_volume_ml")),
+                        outcome, None, _boolean(row.get("baseline_fracture")), _boolean(row.get("height_loss")),
+                        _number(row.get("max_height_loss_pct")), "")
+
+
+def compare_cohort_tables(truth_lesions: Sequence[Mapping[str, Any]], result_rows: Sequence[Mapping[str, Any]]
+                          ) -> dict[str, dict[str, str]]:
+    """The study table computed the same way from the truth's verdicts and from ``lesions.csv``.
+
+    Returns
+    -------
+    dict
+        ``"<label>" -> {"truth": "n/N (p %)", "pipeline": "n/N (p %)", "match": "yes" | "no"}`` for
+        the rows of :data:`COHORT_ROWS` (local control and failure, day-0 residual and the control
+        in each group, baseline fracture and its height loss).
+    """
+    from pipeline.response.cohort import cohort_table
+
+    def cell(table: Mapping[str, Any], key: str, sub: str | None) -> str:
+        r = table.get(key) or {}
+        r = r.get(sub) or {} if sub else r
+        n, d = r.get("n"), r.get("N")
+        pct = f" ({100.0 * n / d:.0f} %)" if isinstance(n, int) and isinstance(d, int) and d else ""
+        return f"{n}/{d}{pct}"
+
+    truth_table = cohort_table([_as_result(r) for r in truth_lesions])
+    result_table = cohort_table([_as_result(r) for r in result_rows])
+    out: dict[str, dict[str, str]] = {}
+    for label, key, sub in COHORT_ROWS:
+        name = f"{label} [{key}{'.' + sub if sub else ''}]"
+        t, p = cell(truth_table, key, sub), cell(result_table, key, sub)
+        out[name] = {"truth": t, "pipeline": p, "match": "yes" if t == p else "no"}
+    return out
 
 
 def _compare_lesion(report: EvaluationReport, truth: Mapping[str, Any], pred: Mapping[str, str]) -> None:
@@ -531,6 +594,11 @@ def format_report(report: EvaluationReport) -> str:
     for t in OUTCOMES:
         cells = "  ".join(str(report.confusion[t][p]).rjust(col) for p in OUTCOMES)
         lines.append(f"{t.ljust(col)}  {cells}")
+    if report.cohort:
+        width_c = max(len(k) for k in report.cohort)
+        lines += ["", "Study table (truth vs pipeline)"]
+        lines += [f"{k.ljust(width_c)}  {v['truth']:>14}  {v['pipeline']:>14}"
+                  f"  {'' if v['match'] == 'yes' else 'differs'}" for k, v in report.cohort.items()]
     if report.problems:
         lines += ["", f"{len(report.problems)} problem(s):", *(f"  - {p}" for p in report.problems)]
     return "\n".join(lines)

@@ -332,7 +332,9 @@ def remove_rim(mask: BoolArray, spacing_mm: tuple[float, float, float], *, rim_m
     structure = ball(rim_mm, fine_spacing)
     # work on the mask's bounding box, padded by the ball (by edge replication: a structure cut by
     # the crop border is treated as continuing beyond it)
-    box = ndimage.find_objects(m.astype(np.uint8))[0]
+    bbox = ndimage.find_objects(m.astype(np.uint8))[0]
+    margin = [int(np.ceil(rim_mm / sp)) + 1 for sp in spacing]  # background around it, where there is some
+    box = tuple(slice(max(b.start - g, 0), min(b.stop + g, n)) for b, g, n in zip(bbox, margin, m.shape, strict=True))
     sub = m[box]
     fine = sub
     for axis, f in enumerate(factors):

@@ -326,3 +326,24 @@ def test_compare_reads_errors_and_odd_results(tmp_path: Path) -> None:
     assert report.outcome["unrated_pipeline"] == ["A"] and report.needs_a_look
     assert any("outcome 'cured' is not an outcome" in p for p in report.problems)
     assert any("'b' of the read matches 'B'" in p for p in report.problems)
+
+
+def test_compare_cohort_tables_counts_both_sides() -> None:
+    from pipeline.evaluate import compare_cohort_tables
+
+    def row(lid: str, outcome: str, j0: bool, fracture: bool, loss: bool) -> dict[str, object]:
+        return {"patient_id": "P", "lesion_id": lid, "level": "L1", "outcome": outcome, "j0_residual": j0,
+                "baseline_fracture": fracture, "height_loss": loss}
+
+    truth = [row("a", "local_control", False, True, True), row("b", "local_failure", True, False, False),
+             row("c", "local_control", True, False, False)]
+    # the CSV side has strings, as lesions.csv does; lesion c is called failed
+    results = [{k: str(v).lower() for k, v in r.items()} for r in truth]
+    results[2]["outcome"] = "local_failure"
+    table = compare_cohort_tables(truth, results)
+    control = table["local control [local_control]"]
+    assert (control["truth"], control["pipeline"], control["match"]) == ("2/3 (67 %)", "1/3 (33 %)", "no")
+    no_res = table["J0 without residual [j0_no_residual]"]
+    assert no_res == {"truth": "1/3 (33 %)", "pipeline": "1/3 (33 %)", "match": "yes"}
+    lost = table["  of which lost height [baseline_fracture.height_loss]"]
+    assert lost["truth"] == lost["pipeline"] == "1/1 (100 %)"

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
 from pipeline.response.enhancement import (
+    EnhancementMaps,
     ball,
     enhancing_mask,
     estimate_noise_sigma,
+    half_maximum_boundary,
     new_nodules,
     relative_enhancement,
     remove_rim,
+    residual_mask,
     residual_volume_ml,
 )
 
@@ -150,3 +155,92 @@ def test_new_nodules() -> None:
     assert new_nodules(np.zeros_like(j0), j0, spacing) == []
     with pytest.raises(ValueError, match="must be on one grid"):
         new_nodules(current, j0[:-1], spacing)
+
+
+def _partial_volume(shape: tuple[int, int, int], spacing: tuple[float, float, float],
+                    inside: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray], sub: int = 5) -> np.ndarray:
+    """Share of each voxel inside a shape given in mm (sub x sub x sub samples per voxel)."""
+    frac = np.zeros(shape)
+    offs = (np.arange(sub) + 0.5) / sub - 0.5
+    zz, yy, xx = np.indices(shape).astype(float)
+    for oz in offs:
+        for oy in offs:
+            for ox in offs:
+                frac += inside((zz + oz) * spacing[0], (yy + oy) * spacing[1], (xx + ox) * spacing[2])
+    return frac / sub**3
+
+
+def _ball_at(c: tuple[float, float, float], r: float) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+    return lambda z, y, x: (z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2 <= r**2
+
+
+def test_half_maximum_boundary_gives_the_volume_of_a_partial_volumed_nodule() -> None:
+    # a 1 mL nodule on 1.25 x 1.25 x 3 mm DCE voxels: its enhancement mixes linearly with the
+    # unenhanced surroundings; the RE > 0.15 mask swells by about a voxel, the half-maximum edge does not
+    sp = (3.0, 1.25, 1.25)
+    r = (3 * 1000.0 / (4 * np.pi)) ** (1 / 3)  # 6.2 mm
+    frac = _partial_volume((14, 30, 30), sp, _ball_at((21.0, 18.0, 18.0), r))
+    s_pre = np.full(frac.shape, 400.0)
+    delta = 500.0 * frac
+    maps = EnhancementMaps(re=delta / s_pre, delta=delta, noise_sigma=5.0, n_pre=3, arrival_index=3)
+    loose = enhancing_mask(maps)
+    tight = half_maximum_boundary(loose, maps.delta, sp)
+    assert residual_volume_ml(loose, sp) > 1.3  # the SPEC threshold alone: +30 % or more
+    assert residual_volume_ml(tight, sp) == pytest.approx(1.0, rel=0.12)
+    assert not (tight & ~loose).any()
+
+
+def test_half_maximum_boundary_judges_each_nodule_against_its_own_peak() -> None:
+    sp = (1.0, 1.0, 1.0)
+    strong = _sphere((30, 30, 60), sp, (15, 15, 15), 6.0)
+    weak = _sphere((30, 30, 60), sp, (15, 15, 45), 6.0)
+    delta = np.where(strong, 800.0, 0.0) + np.where(weak, 100.0, 0.0)
+    kept = half_maximum_boundary(strong | weak, delta, sp, radius_mm=5.0)
+    assert kept[weak].all() and kept[strong].all()  # 30 mm apart: neither is judged by the other
+    with pytest.raises(ValueError, match="one shape"):
+        half_maximum_boundary(strong, delta[:-1], sp)
+    with pytest.raises(ValueError, match="fraction"):
+        half_maximum_boundary(strong, delta, sp, fraction=1.5)
+
+
+def test_remove_rim_removes_a_sheet_parallel_to_thick_slices() -> None:
+    # a one-slice sheet on 3 mm slices: 3 mm thick, thinner than the 4 mm ball; on the raw grid
+    # the ball would be one slice thick and the sheet would survive
+    sp = (3.0, 1.25, 1.25)
+    mask = np.zeros((12, 40, 40), bool)
+    mask[6, 5:35, 5:35] = True
+    assert not remove_rim(mask, sp, rim_mm=2.0).any()
+    mask[4:9, 10:20, 10:20] = True  # a 15 x 12.5 x 12.5 mm nodule on the sheet stays
+    kept = remove_rim(mask, sp, rim_mm=2.0)
+    assert kept[4:9, 10:20, 10:20].all()
+    assert kept.sum() < 0.5 * mask.sum()
+
+
+def test_remove_rim_on_a_coarse_grid() -> None:
+    # 2.3 mm pixels and 4.5 mm slices are coarser than the 2 mm ball: the mask is supersampled
+    # until the ball is resolved, so a one-pixel tube wall across the slices goes and a 1 mL
+    # nodule stays (a shell seen flat in a 4.5 mm slice is a 4.5 mm slab: thicker than the ball)
+    sp = (4.5, 2.3, 2.3)
+    yy, xx = np.indices((30, 30)) * 2.3
+    radius = np.hypot(yy - 34.5, xx - 34.5)
+    ring = (radius <= 14.0) & (radius > 11.7)
+    shell = np.broadcast_to(ring, (12, 30, 30)).copy()
+    shell[0] = shell[-1] = False
+    nodule = _sphere((12, 30, 30), sp, (27.0, 34.5, 34.5), 6.5)
+    assert not remove_rim(shell, sp, rim_mm=2.0).any()
+    assert remove_rim(nodule, sp, rim_mm=2.0).sum() == nodule.sum()
+
+
+def test_residual_mask_chains_the_steps() -> None:
+    sp = (3.0, 1.25, 1.25)
+    nodule = _partial_volume((14, 40, 40), sp, _ball_at((21.0, 25.0, 25.0), 6.2))
+    shell = _partial_volume((14, 40, 40), sp, lambda z, y, x: np.abs(
+        np.sqrt((z - 21.0) ** 2 + (y - 25.0) ** 2 + (x - 25.0) ** 2) - 16.0) <= 0.75)  # 1.5 mm rim
+    delta = 500.0 * nodule + 300.0 * shell
+    maps = EnhancementMaps(re=delta / 400.0, delta=delta, noise_sigma=5.0, n_pre=3, arrival_index=3)
+    roi = np.ones(delta.shape, bool)
+    got = residual_mask(maps, roi, sp)
+    assert residual_volume_ml(got, sp) == pytest.approx(1.0, rel=0.15)
+    assert not got[shell > 0.5].any()
+    with pytest.raises(ValueError, match="roi"):
+        residual_mask(maps, roi[:-1], sp)
