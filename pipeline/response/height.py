@@ -61,6 +61,10 @@ ENDPLATE_FIT_RANGE = (0.05, 0.95)
 #: Endplate boundaries further than this many voxels (median voxel size) from the fitted
 #: endplate, and more than 3 robust SD, are outliers (segmentation leak, large spur).
 OUTLIER_VOXELS = 2.0
+#: A step down in height by more than this share of the central height, within one voxel and
+#: lasting at least 1.5 voxels before the wall, marks tissue attached beyond the body's wall
+#: (epidural tumour, a root of a pedicle) that the depth must leave out.
+ATTACHMENT_STEP = 0.25
 #: Half-size (fraction of the extent through the centroid) of the central region of the
 #: footprint whose endplate surfaces define the SI axis.
 AXIS_FIT_HALF_WIDTH = 0.3
@@ -219,6 +223,45 @@ def _frame_from_mask(points: FloatArray, c: FloatArray, sampler: _LineSampler, t
     return si, ap
 
 
+def _trim_attachments(sampler: _LineSampler, c: FloatArray, si: FloatArray, ap: FloatArray, a0: float, a1: float,
+                      fine_mm: float, voxel_ap_mm: float) -> tuple[float, float]:
+    """AP ends of the body with tissue attached beyond its anterior or posterior wall left out.
+
+    Along AP, the body's height is a smooth profile (a wedge or a biconcave body changes it
+    gradually) that falls to nothing at each wall. Tissue stuck to the outside of a wall
+    (epidural tumour behind the posterior wall, the root of a pedicle) is much lower than the
+    body, so the height steps down at the wall and stays down over the attachment: the end is
+    moved to the first such step (a drop by more than :data:`ATTACHMENT_STEP` of the central
+    height within one voxel, to below the central height by as much, holding for 1.5 voxels while
+    some tissue remains; a leak above an endplate raises the height instead, and its far edge
+    steps back down only to the body's own height).
+    """
+    step = 0.5 * fine_mm
+    n = max(21, int(np.ceil((a1 - a0) / step)) + 1)
+    x = np.linspace(a0, a1, n)
+    ends = sampler.ends(c + x[:, None] * ap, si)
+    h = np.nan_to_num(ends[:, 1] - ends[:, 0], nan=0.0)
+    central = float(np.median(h[n // 4: 3 * n // 4 + 1]))
+    if central <= 0:
+        return a0, a1
+    k = max(1, int(np.ceil(voxel_ap_mm / (x[1] - x[0]))))  # one voxel along AP, in lines
+    hold = max(2, int(np.ceil(1.5 * voxel_ap_mm / (x[1] - x[0]))))
+    drop, floor = ATTACHMENT_STEP * central, 0.1 * central
+
+    def first_step(order: NDArray[np.intp]) -> int | None:
+        hs = h[order]
+        for i in range(len(hs) - k - hold):
+            after = hs[i + k: i + k + hold]
+            if hs[i] - after.max() > drop and after.max() < central - drop and after.min() > floor:
+                return int(order[i + k // 2])
+        return None
+
+    mid = n // 2
+    post = first_step(np.arange(mid, n))
+    ant = first_step(np.arange(mid, -1, -1))
+    return (float(x[ant]) if ant is not None else a0), (float(x[post]) if post is not None else a1)
+
+
 def _trimmed_lstsq(design: FloatArray, y: FloatArray, tol_mm: float, iterations: int = 5) -> FloatArray:
     """Least-squares coefficients of ``y ~ design`` without the outliers.
 
@@ -333,6 +376,8 @@ def vertebral_heights(body_mask: NDArray[np.bool_], spacing_mm: tuple[float, flo
     if depth_ends.size == 0:
         raise ValueError("the antero-posterior line through the centroid misses the body")
     a0, a1 = (float(v) for v in depth_ends.mean(axis=0))
+    voxel_ap_mm = float(np.sum(np.abs(d.T @ ap) * sp_xyz))  # the voxel's extent along AP
+    a0, a1 = _trim_attachments(sampler, c, si, ap, a0, a1, float(sp_xyz.min()), voxel_ap_mm)
     depth = a1 - a0
 
     # endplates on the mid-sagittal plane: lines along SI every ~half voxel, quadratic fit

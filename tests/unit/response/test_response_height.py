@@ -270,3 +270,20 @@ def test_genant_errors() -> None:
         genant_grade(_h(1.0, 1.0, 0.0))
     with pytest.raises(ValueError, match="adjacent_posterior_mm must be > 0"):
         genant_grade(_h(1.0, 1.0, 1.0), 0.0)
+
+
+@pytest.mark.parametrize("side", ["posterior", "anterior"])
+def test_tissue_attached_beyond_a_wall_is_left_out_of_the_depth(side: str) -> None:
+    """Epidural tumour bulging behind the posterior wall (or soft tissue in front) is not body.
+
+    Without the trim the depth runs into the 10 mm tall bulge and the 90 % (10 %) height is read
+    through it; on a sagittal T1 grid (4.4 mm slices), as the pipeline sees it.
+    """
+    spacing, shape = (4.4, 1.25, 1.25), (16, 70, 70)
+    mask, _, local = _body(spacing, SAGITTAL, shape, _rotation((1, 0, 0), 6))
+    lr, ap, si = local[..., 0], local[..., 1], local[..., 2]
+    sign = 1.0 if side == "posterior" else -1.0
+    bulge = (np.abs(lr) <= 8) & (sign * ap >= 15) & (sign * ap <= 22) & (np.abs(si) <= 5)
+    h = vertebral_heights(mask | bulge, spacing, SAGITTAL)
+    assert h.depth_mm == pytest.approx(32.0, abs=1.0)
+    assert [h.anterior_mm, h.middle_mm, h.posterior_mm] == pytest.approx([24.0, 24.0, 24.0], abs=1.0)
