@@ -447,6 +447,8 @@ def evaluate(truth_json: Path, results_dir: Path) -> EvaluationReport:
     report.errors = {name: ErrorStat(unit) for name, unit in (*LESION_ERRORS, *VISIT_ERRORS)}
     report.errors["heights_all_mm"] = ErrorStat("mm")
     report.errors["cement_volume_pct"] = ErrorStat("%")
+    # the residual volume where the truth has residual (most visits have none, and agree at 0)
+    report.errors["residual_ml_where_truth_positive"] = ErrorStat("mL")
     lesions: list[dict[str, Any]] = [les for les in truth["lesions"] if isinstance(les, dict)]
     report.n_truth_lesions = len(lesions)
 
@@ -480,6 +482,10 @@ def evaluate(truth_json: Path, results_dir: Path) -> EvaluationReport:
                 report.errors[name].add(_number(visit.get(name)), _number(pred_visit.get(name)))
             for name in HEIGHTS:
                 report.errors["heights_all_mm"].add(_number(visit.get(name)), _number(pred_visit.get(name)))
+            t_res = _number(visit.get("residual_enhancing_volume_ml"))
+            if t_res:
+                report.errors["residual_ml_where_truth_positive"].add(
+                    t_res, _number(pred_visit.get("residual_enhancing_volume_ml")))
             t_cement, p_cement = _number(visit.get("cement_volume_ml")), _number(pred_visit.get("cement_volume_ml"))
             if t_cement and p_cement is not None:
                 report.errors["cement_volume_pct"].add(0.0, 100.0 * (p_cement - t_cement) / t_cement)
