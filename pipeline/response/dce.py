@@ -1,6 +1,7 @@
 """DCE-MRI quantities: Parker AIF, (extended) Tofts model, signal to concentration, curve shape.
 
-The vectorised Tofts fit is in :mod:`pipeline.response.dce_fit`.
+The vectorised Tofts fit is in :mod:`pipeline.response.dce_fit`, the per-region Ktrans from DCE
+signal phases in :mod:`pipeline.response.dce_region`.
 
 Units: time in minutes for the pharmacokinetic model (``t_min``), seconds for curve descriptors
 (``t_s``); concentrations in mM; ``Ktrans`` and ``kep`` in 1/min; ``ve`` and ``vp`` are volume
@@ -139,14 +140,26 @@ def exp_convolution(t_min: FloatArray, cp: FloatArray, kep: FloatArray) -> Float
     return out.T
 
 
-def _interp_matrix(t_target: FloatArray, t_source: FloatArray) -> FloatArray:
-    """Dense (T_target, T_source) linear-interpolation matrix."""
+def _interp_index(t_target: FloatArray, t_source: FloatArray) -> tuple[NDArray[np.intp], FloatArray]:
+    """Left neighbour index ``j`` and weight ``frac`` of ``t_source[j + 1]`` for linear interpolation.
+
+    Raises
+    ------
+    ValueError
+        If ``t_source`` does not cover ``t_target``.
+    """
     if t_target[0] < t_source[0] - 1e-9 or t_target[-1] > t_source[-1] + 1e-9:
         raise ValueError("cp_t_min must cover t_min: the AIF grid "
                          f"[{t_source[0]}, {t_source[-1]}] min does not span [{t_target[0]}, {t_target[-1]}]")
-    w = np.zeros((t_target.size, t_source.size))
     j = np.clip(np.searchsorted(t_source, t_target, side="right") - 1, 0, t_source.size - 2)
     frac = np.clip((t_target - t_source[j]) / (t_source[j + 1] - t_source[j]), 0.0, 1.0)
+    return j, frac
+
+
+def _interp_matrix(t_target: FloatArray, t_source: FloatArray) -> FloatArray:
+    """Dense (T_target, T_source) linear-interpolation matrix."""
+    j, frac = _interp_index(t_target, t_source)
+    w = np.zeros((t_target.size, t_source.size))
     rows = np.arange(t_target.size)
     w[rows, j] = 1.0 - frac
     w[rows, j + 1] += frac
