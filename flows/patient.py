@@ -22,7 +22,7 @@ from pipeline.ingest.volumes import VolumeError, load_dynamic, load_volume
 from pipeline.outputs.nifti import write_mask_nifti
 from pipeline.outputs.paths import safe_path_component
 from pipeline.outputs.transforms import write_transform
-from pipeline.response import classify, enhancement, height
+from pipeline.response import classify, dce_region, enhancement, height
 from pipeline.segmentation import ablation, cement, registration, vertebra
 from pipeline.segmentation.common import mask_image, overlap_share, physical_coordinates
 from pipeline.settings import Settings
@@ -41,6 +41,8 @@ class StudyImages:
     dce_phases: list[sitk.Image] | None
     dce_times_s: np.ndarray | None
     series_used: dict[str, str]
+    dce_tr_s: float | None = None  # RepetitionTime of the DCE, for signal to concentration
+    dce_flip_deg: float | None = None
     notes: list[str] = field(default_factory=list)
     cement: cement.CementResult | None = None
     maps: enhancement.EnhancementMaps | None = None  # on the DCE grid
@@ -48,6 +50,7 @@ class StudyImages:
     max_re: np.ndarray | None = None
     time_to_peak_s: np.ndarray | None = None
     stir_on_dce: sitk.Image | None = None
+    dce_array: np.ndarray | None = None  # phases as one (T, z, y, x) array, made once per study
 
 
 @dataclass
@@ -89,6 +92,7 @@ def load_study(catalog: Catalog, study_uid: str, study_date: dt.date | None, ser
         except VolumeError as e:
             notes.append(f"STIR unusable: {e}")
     phases = times = None
+    tr_s = flip_deg = None
     dce = [s for s in series if s.role == SeriesRole.DCE]
     if dce:
         groups = {s.dynamic_group for s in dce if s.dynamic_group}
@@ -100,6 +104,9 @@ def load_study(catalog: Catalog, study_uid: str, study_date: dt.date | None, ser
                 files = catalog.files(rec.series_uid)
             dyn = load_dynamic(files)
             phases, times = dyn.phases, np.asarray(dyn.times_s, dtype=float)
+            tr_s, flip_deg = dyn.repetition_time_s, dyn.flip_angle_deg
+            if tr_s is None or flip_deg is None:
+                notes.append("DCE headers lack RepetitionTime or FlipAngle: Ktrans not computed")
             used["DCE"] = ",".join(sorted({s.series_uid for s in dce}))
         except VolumeError as e:
             notes.append(f"DCE unusable: {e}")
@@ -112,7 +119,7 @@ def load_study(catalog: Catalog, study_uid: str, study_date: dt.date | None, ser
     if phases is not None and not _same_space(t1_rec, t1, dce[0], phases[0], "DCE", notes):
         phases = times = None
         used.pop("DCE", None)
-    return StudyImages(study_uid, study_date, t1, stir, phases, times, used, notes)
+    return StudyImages(study_uid, study_date, t1, stir, phases, times, used, tr_s, flip_deg, notes)
 
 
 def _same_space(t1_rec: SeriesRecord, t1: sitk.Image, rec: SeriesRecord, image: sitk.Image, name: str,
@@ -134,6 +141,7 @@ def _enhancement(img: StudyImages, settings: Settings) -> None:
     if img.dce_phases is None or img.dce_times_s is None or img.enhancing is not None:
         return
     arr = np.stack([sitk.GetArrayFromImage(p).astype(np.float64) for p in img.dce_phases])
+    img.dce_array = arr
     maps = enhancement.relative_enhancement(arr, img.dce_times_s)
     img.maps = maps
     img.enhancing = enhancement.enhancing_mask(maps, re_threshold=settings.enhancement_re_threshold,
@@ -223,16 +231,41 @@ def _analyse(lv: LesionVisitResult, seed: sitk.Image, is_pre: bool, j0: LesionVi
     abl_arr = sitk.GetArrayFromImage(abl).astype(bool)
     m["ablation_zone_volume_ml"] = enhancement.residual_volume_ml(abl_arr, sp)
     lv.ablation = abl
-    if img.max_re is not None and img.time_to_peak_s is not None:
-        region = residual if residual.any() else abl_arr
-        if region.any():
-            m["max_relative_enhancement"] = float(np.percentile(img.max_re[region], 90))
-            m["time_to_peak_s"] = float(max(np.median(img.time_to_peak_s[region]), 0.0))
+    region = residual if residual.any() else abl_arr
+    if img.max_re is not None and img.time_to_peak_s is not None and region.any():
+        m["max_relative_enhancement"] = float(np.percentile(img.max_re[region], 90))
+        m["time_to_peak_s"] = float(max(np.median(img.time_to_peak_s[region]), 0.0))
+    if region.any():
+        _ktrans(lv, region, settings)
     if j0 is not None and j0 is not lv and j0.residual is not None and transform is not None:
         j0_res = registration.resample_to(grid, j0.residual, transform.GetInverse(), nearest=True)
         nodules = enhancement.new_nodules(residual, sitk.GetArrayFromImage(j0_res).astype(bool), sp,
                                           min_ml=settings.new_nodule_ml)
         lv.new_nodule_ml = max(nodules, default=0.0)
+
+
+def _ktrans(lv: LesionVisitResult, region: np.ndarray, settings: Settings) -> None:
+    """Extended-Tofts Ktrans of the region's median curve (Parker AIF at the detected bolus arrival).
+
+    Extended, because residual tumour is vascular (vp > 0 biases a standard-Tofts Ktrans upwards);
+    without a T1 map the SPEC's assumed T10 is used, which biases Ktrans when the tissue's own T10
+    differs (see benchmarks/RESULTS.md).
+    """
+    img = lv.study
+    if img.dce_phases is None or img.dce_times_s is None or img.dce_tr_s is None or img.dce_flip_deg is None:
+        return
+    if img.dce_array is None:
+        img.dce_array = np.stack([sitk.GetArrayFromImage(p).astype(np.float64) for p in img.dce_phases])
+    fit = dce_region.region_tofts(img.dce_array, img.dce_times_s, region, tr_s=img.dce_tr_s,
+                                  flip_deg=img.dce_flip_deg, assumed_t10_ms=settings.assumed_t10_ms, extended=True,
+                                  r1_per_mM_s=settings.relaxivity_per_mm_s, hematocrit=settings.hematocrit,
+                                  noise_sigma=img.maps.noise_sigma if img.maps is not None else None,
+                                  ktrans_max_per_min=settings.ktrans_max_per_min, ve_min=settings.ve_min,
+                                  ve_max=settings.ve_max, vp_max=settings.vp_max)
+    if fit.reason:  # e.g. an ablation zone that does not enhance: the column stays empty, no QA flag
+        log.debug("Ktrans not computed: %s", fit.reason)
+    elif np.isfinite(fit.ktrans_per_min):
+        lv.measurement["ktrans_per_min"] = fit.ktrans_per_min
 
 
 def process_patient(patient_id: str, lesions: list[Lesion], catalog: Catalog, out_dir: Path,
@@ -388,7 +421,7 @@ def _lesion_outputs(les: Lesion, per_visit: list[LesionVisitResult], j0: LesionV
             residual_enhancing_volume_ml=_f(m.get("residual_enhancing_volume_ml")),
             ablation_zone_volume_ml=_f(m.get("ablation_zone_volume_ml")),
             max_relative_enhancement=_f(m.get("max_relative_enhancement")),
-            time_to_peak_s=_f(m.get("time_to_peak_s")), ktrans_per_min=None,
+            time_to_peak_s=_f(m.get("time_to_peak_s")), ktrans_per_min=_f(m.get("ktrans_per_min")),
             height_anterior_mm=_f(m.get("height_anterior_mm")), height_middle_mm=_f(m.get("height_middle_mm")),
             height_posterior_mm=_f(m.get("height_posterior_mm")), height_loss_pct=loss_pct,
             genant_grade=genant,
