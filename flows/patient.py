@@ -238,10 +238,23 @@ def _analyse(lv: LesionVisitResult, seed: sitk.Image, is_pre: bool, j0: LesionVi
     if region.any():
         _ktrans(lv, region, settings)
     if j0 is not None and j0 is not lv and j0.residual is not None and transform is not None:
-        j0_res = registration.resample_to(grid, j0.residual, transform.GetInverse(), nearest=True)
+        j0_res = registration.resample_to(grid, _enhancing_at_j0(j0.residual, j0.study), transform.GetInverse(),
+                                         nearest=True)
         nodules = enhancement.new_nodules(residual, sitk.GetArrayFromImage(j0_res).astype(bool), sp,
                                           min_ml=settings.new_nodule_ml)
         lv.new_nodule_ml = max(nodules, default=0.0)
+
+
+def _enhancing_at_j0(residual: sitk.Image, img: StudyImages) -> sitk.Image:
+    """What already enhanced at J0: its residual, and any enhancing tissue of its DCE field of view.
+
+    A nodule is new when it overlaps none of it: tissue that enhanced from the start (a vessel,
+    another level's tumour) may drift into this body's 10 mm margin with the patient's
+    repositioning, without being new.
+    """
+    if img.enhancing is None or img.dce_phases is None or img.enhancing.shape != residual.GetSize()[::-1]:
+        return residual
+    return mask_image(sitk.GetArrayFromImage(residual).astype(bool) | img.enhancing, img.dce_phases[0])
 
 
 def _ktrans(lv: LesionVisitResult, region: np.ndarray, settings: Settings) -> None:

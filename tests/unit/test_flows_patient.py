@@ -85,3 +85,32 @@ def test_follow_up_cement_is_matched_by_level_order_not_by_nearest() -> None:
     # one mass only (the other not found): the nearest, if close enough; else none
     assert _same_level_mass([lower], 2, 1, lower_at_j0) is lower
     assert _same_level_mass([upper], 2, 1, (0.0, 0.0, 0.0)) is None
+
+
+def test_tissue_enhancing_since_j0_is_not_a_new_nodule() -> None:
+    """A structure that enhanced at J0 outside the residual (outside the body's margin) is not new later."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from flows.patient import StudyImages, _enhancing_at_j0
+    from pipeline.response.enhancement import new_nodules
+    from pipeline.segmentation.common import mask_image
+
+    grid = sitk.Image(20, 20, 10, sitk.sitkFloat32)
+    grid.SetSpacing((1.25, 1.25, 3.0))
+    residual_arr = np.zeros((10, 20, 20), bool)
+    residual_arr[4:7, 4:9, 4:9] = True
+    enhancing = residual_arr.copy()
+    enhancing[3:8, 12:18, 12:18] = True  # e.g. a vessel or another level's tumour, present at J0
+    residual = mask_image(residual_arr, grid)
+    study = StudyImages("1.2.3", None, grid, None, [grid], np.arange(1.0), {}, enhancing=enhancing)
+    known = sitk.GetArrayFromImage(_enhancing_at_j0(residual, study)).astype(bool)
+    later = np.zeros_like(residual_arr)
+    later[3:8, 12:18, 12:18] = True  # the same structure, now inside the margin of the body
+    later[4:7, 14:19, 1:6] = True  # and a nodule that did not enhance at J0
+    spacing = (3.0, 1.25, 1.25)
+    assert new_nodules(later, residual_arr, spacing, min_ml=0.1) == pytest.approx([0.84375, 0.3515625])
+    assert new_nodules(later, known, spacing, min_ml=0.1) == pytest.approx([0.3515625])
+    # without the J0 enhancement map (no DCE at J0) the residual alone is what was known
+    bare = StudyImages("1.2.3", None, grid, None, None, None, {})
+    assert sitk.GetArrayFromImage(_enhancing_at_j0(residual, bare)).astype(bool).sum() == residual_arr.sum()
