@@ -141,7 +141,7 @@ def _enhancement(img: StudyImages, settings: Settings) -> None:
     if img.dce_phases is None or img.dce_times_s is None or img.enhancing is not None:
         return
     arr = np.stack([sitk.GetArrayFromImage(p).astype(np.float64) for p in img.dce_phases])
-    img.dce_array = arr
+    img.dce_array = arr.astype(np.float32)  # kept for Ktrans (the signal is integer: float32 is exact)
     maps = enhancement.relative_enhancement(arr, img.dce_times_s)
     img.maps = maps
     img.enhancing = enhancement.enhancing_mask(maps, re_threshold=settings.enhancement_re_threshold,
@@ -268,7 +268,7 @@ def _ktrans(lv: LesionVisitResult, region: np.ndarray, settings: Settings) -> No
     if img.dce_phases is None or img.dce_times_s is None or img.dce_tr_s is None or img.dce_flip_deg is None:
         return
     if img.dce_array is None:
-        img.dce_array = np.stack([sitk.GetArrayFromImage(p).astype(np.float64) for p in img.dce_phases])
+        img.dce_array = np.stack([sitk.GetArrayFromImage(p).astype(np.float32) for p in img.dce_phases])
     fit = dce_region.region_tofts(img.dce_array, img.dce_times_s, region, tr_s=img.dce_tr_s,
                                   flip_deg=img.dce_flip_deg, assumed_t10_ms=settings.assumed_t10_ms, extended=True,
                                   r1_per_mM_s=settings.relaxivity_per_mm_s, hematocrit=settings.hematocrit,
