@@ -7,6 +7,7 @@ the root conftest, which pytest imports before any test module.
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -68,6 +70,24 @@ def realdata(repo_root: Path) -> Path:
             pytrace=False,
         )
     return path
+
+
+@pytest.fixture(scope="session")
+def load_benchmark(repo_root: Path) -> Callable[[str], ModuleType]:
+    """Import ``benchmarks/<name>.py`` as a module (the real-data tests reuse the benchmarks' code)."""
+
+    def load(name: str) -> ModuleType:
+        if name in sys.modules:
+            return sys.modules[name]
+        path = repo_root / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None, path
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up by name
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,7 @@ short of all of them is a bug in the signal conversion, the AIF handling or the 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -18,14 +17,9 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def bench(repo_root: Path) -> ModuleType:
-    path = repo_root / "benchmarks" / "bench_qiba_dro.py"
-    spec = importlib.util.spec_from_file_location("bench_qiba_dro", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark: Callable[[str], ModuleType]) -> ModuleType:
+    """``benchmarks/bench_qiba_dro.py`` as a module."""
+    return load_benchmark("bench_qiba_dro")
 
 
 def test_reference_maps_decode_to_the_published_grid(bench: ModuleType, realdata: Path) -> None:

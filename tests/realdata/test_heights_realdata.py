@@ -15,9 +15,8 @@ informed the method (see benchmarks/RESULTS.md); the expected values below are w
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -40,15 +39,9 @@ KNOWN_OVER_3MM = {
 
 
 @pytest.fixture(scope="module")
-def bench(repo_root: Path) -> ModuleType:
+def bench(load_benchmark: Callable[[str], ModuleType]) -> ModuleType:
     """``benchmarks/bench_heights.py`` as a module (NIfTI conversion, the report's method)."""
-    path = repo_root / "benchmarks" / "bench_heights.py"
-    spec = importlib.util.spec_from_file_location("bench_heights", path)
-    assert spec is not None and spec.loader is not None, path
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_heights")
 
 
 @pytest.fixture(scope="module")

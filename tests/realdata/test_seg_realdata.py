@@ -13,9 +13,8 @@ No setting was chosen on these cases: the defaults of ``segment_body_ct`` were c
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -35,15 +34,9 @@ TOTALSEG_FLOORS = {"L1": 0.79, "L2": 0.82, "L3": 0.88, "L4": 0.84, "L5": 0.82}  
 
 
 @pytest.fixture(scope="module")
-def bench(repo_root: Path) -> ModuleType:
+def bench(load_benchmark: Callable[[str], ModuleType]) -> ModuleType:
     """``benchmarks/bench_realdata_seg.py`` as a module (painting, references, runs)."""
-    path = repo_root / "benchmarks" / "bench_realdata_seg.py"
-    spec = importlib.util.spec_from_file_location("bench_realdata_seg", path)
-    assert spec is not None and spec.loader is not None, path
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_realdata_seg")
 
 
 @pytest.fixture(scope="module")
