@@ -162,6 +162,30 @@ def test_draw_treated_labels_agree_with_masks(treated: Treated) -> None:
     assert not np.any(sub == an.TUMOUR), "the whole tumour is treated (ablated or residual)"
 
 
+def test_collapsed_body_keeps_its_cement_inside_and_a_large_residual_fits() -> None:
+    """After a collapse the cement stays within the lower body; a residual designed too large fills <= 90 %."""
+    rng = np.random.default_rng(11)
+    col = an.build_column(rng, ["T12", "L1", "L2"])
+    vert = next(v for v in col.vertebrae if v.level == "L1")
+    design = ds.design_lesion(rng, "TEST-L1", "L1", ds.Course.CONTROL_RESIDUAL,
+                              [Visit.PRE, Visit.J0, Visit.M1, Visit.M3])
+    design.cement_ml = 5.0
+    design.epidural = False
+    geom = _lesion_geometry(rng, col, vert, design)
+    j0 = an.LesionVisitState(vert.heights_mm, treated=True, residual_ml=1.0, new_nodule_ml=0.0, rim_mm=0.0)
+    at_j0 = an.draw_treated(col, an.base_labels(col, {"L1"}).copy(), vert, geom, j0)  # caches the cement
+    collapsed = (vert.heights_mm[0] * 0.6, vert.heights_mm[1] * 0.75, vert.heights_mm[2])
+    later = an.LesionVisitState(collapsed, treated=True, residual_ml=500.0, new_nodule_ml=0.0, rim_mm=0.0)
+    masks = an.draw_treated(col, an.base_labels(col, {"L1"}).copy(), vert, geom, later)
+    u, v, w = an._local_coords(col, vert, masks.box)
+    body = an.body_shape(u, v, w, vert, collapsed)
+    assert masks.cement.any() and np.all(body[masks.cement])  # nothing sticks out of the endplates
+    assert masks.cement.sum() < at_j0.cement.sum()
+    # 500 mL cannot fit (it used to raise): the residual fills most of the free room instead
+    marrow_left = an.body_shape(u, v, w, vert, collapsed, an.CORTEX_MM) & ~masks.cement & ~masks.ablation
+    assert 0.5 * marrow_left.sum() < masks.residual.sum() and masks.residual.sum() * FINE_ML < 500.0
+
+
 def test_draw_treated_before_treatment_has_tumour_and_no_treatment_masks() -> None:
     rng = np.random.default_rng(12)
     col = an.build_column(rng, ["L1", "L2", "L3"])
