@@ -292,15 +292,19 @@ def remove_rim(mask: BoolArray, spacing_mm: tuple[float, float, float], *, rim_m
     such a ball keeps its full extent. Note the radius convention: with the default 2 mm
     radius, any enhancing structure thinner than 4 mm is removed.
 
-    The ball is physical, whatever the voxels: an axis whose spacing is more than 1.5 times the
-    finest is first divided into ``ceil(spacing / finest)`` sub-slices (each voxel repeated),
-    the opening runs on that near-isotropic grid, and a voxel stays when at least half of its
-    sub-voxels do. On 3 mm DCE slices a one-slice sheet is 3 mm thick, thinner than the ball,
-    so a rim lying parallel to the slices goes too (on the raw grid the ball would be one slice
-    thick and such a sheet would survive). A conditional 6-neighbour dilation inside the
-    original mask then restores the border voxels that the discrete ball cannot reach (a 5 mm
-    nodule on 1 mm voxels keeps ~40 % of its voxels after the bare opening, all of them after
-    this step); a removed shell has no seed left, so it does not grow back.
+    The ball is physical, whatever the voxels: with ``step`` the finer of the finest spacing and
+    half the ball radius, every axis whose spacing exceeds 1.5 ``step`` is first divided into
+    ``ceil(spacing / step)`` sub-slices (each voxel repeated), the opening runs on that
+    near-isotropic grid fine enough to resolve the ball, and a voxel stays when at least half of
+    its sub-voxels do (on DCE voxels coarser than the ball, 2.3 mm say, a raw-grid ball would be
+    a single voxel and the opening would remove nothing). On 3 mm DCE slices a one-slice sheet
+    is 3 mm thick, thinner than the ball, so a rim lying parallel to the slices goes too (on the
+    raw grid the ball would be one slice thick and such a sheet would survive).
+
+    A conditional 6-neighbour dilation inside the original mask then restores the border voxels
+    that the discrete ball cannot reach (a 5 mm nodule on 1 mm voxels keeps ~40 % of its voxels
+    after the bare opening, all of them after this step); a removed shell has no seed left, so
+    it does not grow back.
 
     Parameters
     ----------
@@ -330,8 +334,8 @@ def remove_rim(mask: BoolArray, spacing_mm: tuple[float, float, float], *, rim_m
     factors = tuple(int(np.ceil(s / target - 1e-9)) if s > 1.5 * target else 1 for s in spacing)
     fine_spacing = (spacing[0] / factors[0], spacing[1] / factors[1], spacing[2] / factors[2])
     structure = ball(rim_mm, fine_spacing)
-    # work on the mask's bounding box, padded by the ball (by edge replication: a structure cut by
-    # the crop border is treated as continuing beyond it)
+    # work on the mask's bounding box with some background around it; where the box meets the
+    # image border, edge replication treats a structure cut by the border as continuing beyond it
     bbox = ndimage.find_objects(m.astype(np.uint8))[0]
     margin = [int(np.ceil(rim_mm / sp)) + 1 for sp in spacing]  # background around it, where there is some
     box = tuple(slice(max(b.start - g, 0), min(b.stop + g, n)) for b, g, n in zip(bbox, margin, m.shape, strict=True))
