@@ -24,6 +24,7 @@ from pipeline.ingest.catalog import Catalog
 from pipeline.ingest.registry import read_registry
 from pipeline.ingest.scan import ScanReport, scan_export
 from pipeline.outputs.atomic import atomic_write_text
+from pipeline.outputs.lock import output_lock
 from pipeline.outputs.paths import safe_path_component
 from pipeline.outputs.patient_state import fingerprint, load_patient_state, save_patient_state
 from pipeline.outputs.tables import write_cohort_summary, write_lesions_csv, write_measurements_csv
@@ -115,6 +116,8 @@ def run_export(input_dir: Path, output_dir: Path, registry: Path | None = None, 
                force: bool = False, settings_path: Path | None = None,
                overrides: dict[str, Any] | None = None, reads: Path | None = None) -> int:
     """Entry point of ``crav run``: 0 when everything ran clean, 1 when something needs a look.
+
+    Raises :class:`pipeline.outputs.lock.OutputLockedError` when another run writes into ``output_dir``.
 
     ``reads``: an optional reference read CSV (``crav evaluate --reads`` format); its agreement
     with the results goes into ``cohort_summary.json`` / ``.md``.
@@ -209,4 +212,5 @@ def run_export(input_dir: Path, output_dir: Path, registry: Path | None = None, 
         }, indent=1, default=str) + "\n")
         return 1 if problems or report.quarantined else 0
 
-    return int(crav_run())
+    with output_lock(output_dir):  # one run per output folder; a second one is refused (OutputLockedError)
+        return int(crav_run())

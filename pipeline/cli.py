@@ -198,16 +198,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _check_settings(args.settings)
     _check_reads(args.reads)
     crav_flow = _import("flows.crav_flow", "run")
-    code = crav_flow.run_export(
-        input_dir=input_dir,
-        output_dir=output_dir,
-        registry=registry,
-        patients=args.patient or None,
-        force=args.force,
-        settings_path=args.settings,
-        overrides={"quiet_period_s": args.quiet_period} if args.quiet_period is not None else None,
-        reads=args.reads,
-    )
+    from pipeline.outputs.lock import OutputLockedError
+
+    try:
+        code = crav_flow.run_export(
+            input_dir=input_dir,
+            output_dir=output_dir,
+            registry=registry,
+            patients=args.patient or None,
+            force=args.force,
+            settings_path=args.settings,
+            overrides={"quiet_period_s": args.quiet_period} if args.quiet_period is not None else None,
+            reads=args.reads,
+        )
+    except OutputLockedError as exc:
+        raise UsageError(str(exc)) from exc
     _print_run_summary(output_dir)
     return int(code)
 

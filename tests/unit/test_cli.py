@@ -263,3 +263,21 @@ def test_run_summary_counts_outcomes_files_and_problems(tmp_path: Path,
     assert "3 lesion(s): 2 local_control, 1 local_failure" in out
     assert "2 input file(s): 1 indexed, 1 quarantined" in out
     assert "problem: treatments.csv line 3: bad date" in out
+
+
+def test_run_into_a_folder_another_run_writes_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """A second crav run on the same output folder stops at once, names the holder, exits 2."""
+    import os
+
+    from pipeline.outputs.lock import output_lock
+
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "treatments.csv").write_text("patient_id,lesion_id,level,procedure_date\n", encoding="utf-8")
+    out = tmp_path / "out"
+    with output_lock(out):
+        code, _, err = _run(["run", "--input", str(export), "--output", str(out), "--quiet-period", "0"], capsys)
+    assert code == 2
+    assert f"is being written by process {os.getpid()}" in err and "another --output" in err
+    assert not (out / "lesions.csv").exists()
