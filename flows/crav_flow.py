@@ -126,6 +126,7 @@ def run_export(input_dir: Path, output_dir: Path, registry: Path | None = None, 
     from prefect import flow, task
     from prefect.task_runners import ThreadPoolTaskRunner
 
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     settings = load_settings(settings_path, overrides)
     (output_dir / "patients").mkdir(parents=True, exist_ok=True)
     catalog_url = f"sqlite:///{(output_dir / 'catalog.sqlite').resolve()}"
@@ -204,6 +205,9 @@ def run_export(input_dir: Path, output_dir: Path, registry: Path | None = None, 
         write_cohort_summary(output_dir, table, cohort_markdown(table))
         atomic_write_text(output_dir / "files.csv", _file_accounting_csv(catalog_url))
         atomic_write_text(output_dir / "run.json", json.dumps({
+            "started": started, "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "input": str(input_dir.resolve()), "registry": str(registry.resolve()),
+            "requested": {"patients": patients or "all", "force": force},
             "software": {"crav-followup": __version__, "python": platform.python_version()},
             "settings": settings.as_dict(), "problems": problems, "patients": decisions,
             "scan": {"new": report.new, "changed": report.changed, "unchanged": report.unchanged,

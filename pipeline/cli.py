@@ -242,6 +242,18 @@ def _print_run_summary(output_dir: Path) -> None:
     print(f"results in {output_dir}")
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from pipeline.outputs.status import format_status, read_status
+
+    output_dir: Path = _existing_dir(args.output, "output folder")
+    try:
+        status = read_status(output_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(str(exc)) from exc
+    print(format_status(status))
+    return EXIT_PROBLEMS if status.needs_a_look else EXIT_OK
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     results: Path | None = args.results
     if args.results_dir is not None:
@@ -353,6 +365,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reference read CSV (as for crav evaluate --reads): adds the agreement with it (confusion "
                         "matrix, Cohen's kappa) to cohort_summary.json / .md")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser(
+        "status", help="what an output folder holds: the last run, each patient, what failed and why",
+        description="Read an output folder of crav run: when the last run started and finished, its input, "
+                    "registry, software version and the settings that differ from the defaults, what became "
+                    "of the input files, and for each patient what the run did and why (recomputed, "
+                    "unchanged, kept), when its results were computed, its verdicts and problems; and whether "
+                    "a run is writing into the folder now. Exit code 1 when a problem was recorded or a file "
+                    "quarantined, as for crav run.")
+    p.add_argument("--output", type=Path, required=True, metavar="DIR", help="output folder of crav run")
+    p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser(
         "evaluate", help="compare results with a phantom's truth or with a reference read",

@@ -65,3 +65,22 @@ def test_evaluation_against_the_truth(sample_run: tuple[Path, int], repo_root: P
     # masks were written and compared for every structure
     for structure in ("vertebra", "cement", "residual", "ablation"):
         assert report["dice"][structure]["pairs"] > 0, structure
+
+
+def test_status_tells_what_the_run_did(sample_run: tuple[Path, int], repo_root: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline import cli
+    from pipeline.outputs.status import read_status
+
+    out, code = sample_run
+    status = read_status(out)
+    truth = json.loads((repo_root / "sample_dicom" / "truth.json").read_text())
+    assert {p.patient_id for p in status.patients} == {les["patient_id"] for les in truth["lesions"]}
+    assert all(p.decision == "recomputed: no previous results" and p.computed_at for p in status.patients)
+    lesions = {lid: o for p in status.patients for lid, o in p.outcomes.items()}
+    assert lesions == {r["lesion_id"]: r["outcome"] for r in _rows(out / "lesions.csv")}
+    assert status.run["input"] == str((repo_root / "sample_dicom").resolve()) and status.running is None
+    assert status.changed_settings() == {"quiet_period_s": (60.0, 0.0)}
+    assert cli.main(["status", "--output", str(out)]) == code  # exit 1 exactly when the run's was 1
+    text = capsys.readouterr().out
+    assert "quiet_period_s = 0.0 (default 60.0)" in text and "3 patient(s):" in text

@@ -13,7 +13,7 @@ import pytest
 
 from pipeline import cli
 
-COMMANDS = ["phantom", "scan", "run", "evaluate"]
+COMMANDS = ["phantom", "scan", "run", "status", "evaluate"]
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
