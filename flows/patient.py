@@ -264,11 +264,9 @@ def _ktrans(lv: LesionVisitResult, region: np.ndarray, settings: Settings) -> No
     without a T1 map the SPEC's assumed T10 is used, which biases Ktrans when the tissue's own T10
     differs (see benchmarks/RESULTS.md).
     """
-    img = lv.study
-    if img.dce_phases is None or img.dce_times_s is None or img.dce_tr_s is None or img.dce_flip_deg is None:
+    img = lv.study  # _enhancement has stacked the phases into dce_array
+    if img.dce_array is None or img.dce_times_s is None or img.dce_tr_s is None or img.dce_flip_deg is None:
         return
-    if img.dce_array is None:
-        img.dce_array = np.stack([sitk.GetArrayFromImage(p).astype(np.float32) for p in img.dce_phases])
     fit = dce_region.region_tofts(img.dce_array, img.dce_times_s, region, tr_s=img.dce_tr_s,
                                   flip_deg=img.dce_flip_deg, assumed_t10_ms=settings.assumed_t10_ms, extended=True,
                                   r1_per_mM_s=settings.relaxivity_per_mm_s, hematocrit=settings.hematocrit,

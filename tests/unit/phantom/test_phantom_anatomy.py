@@ -118,8 +118,8 @@ class Treated:
     residual_ml: float
 
 
-@pytest.fixture(scope="module")
-def treated() -> Treated:
+def _l1_lesion() -> tuple[an.Column, an.Vertebra, ds.LesionDesign, an.LesionGeometry]:
+    """A treated L1 with 5 mL of cement and no epidural part, in a T12-L2 column (seed 11)."""
     rng = np.random.default_rng(11)
     col = an.build_column(rng, ["T12", "L1", "L2"])
     vert = next(v for v in col.vertebrae if v.level == "L1")
@@ -127,7 +127,12 @@ def treated() -> Treated:
                               [Visit.PRE, Visit.J0, Visit.M1, Visit.M3])
     design.cement_ml = 5.0
     design.epidural = False
-    geom = _lesion_geometry(rng, col, vert, design)
+    return col, vert, design, _lesion_geometry(rng, col, vert, design)
+
+
+@pytest.fixture(scope="module")
+def treated() -> Treated:
+    col, vert, design, geom = _l1_lesion()
     labels = an.base_labels(col, {"L1"}).copy()
     state = an.LesionVisitState(heights_mm=vert.heights_mm, treated=True, residual_ml=1.0, new_nodule_ml=0.0,
                                 rim_mm=1.5)
@@ -163,15 +168,8 @@ def test_draw_treated_labels_agree_with_masks(treated: Treated) -> None:
 
 
 def test_collapsed_body_keeps_its_cement_inside_and_a_large_residual_fits() -> None:
-    """After a collapse the cement stays within the lower body; a residual designed too large fills <= 90 %."""
-    rng = np.random.default_rng(11)
-    col = an.build_column(rng, ["T12", "L1", "L2"])
-    vert = next(v for v in col.vertebrae if v.level == "L1")
-    design = ds.design_lesion(rng, "TEST-L1", "L1", ds.Course.CONTROL_RESIDUAL,
-                              [Visit.PRE, Visit.J0, Visit.M1, Visit.M3])
-    design.cement_ml = 5.0
-    design.epidural = False
-    geom = _lesion_geometry(rng, col, vert, design)
+    """After a collapse the cement stays within the lower body; a residual designed too large fills the room."""
+    col, vert, _, geom = _l1_lesion()
     j0 = an.LesionVisitState(vert.heights_mm, treated=True, residual_ml=1.0, new_nodule_ml=0.0, rim_mm=0.0)
     at_j0 = an.draw_treated(col, an.base_labels(col, {"L1"}).copy(), vert, geom, j0)  # caches the cement
     collapsed = (vert.heights_mm[0] * 0.6, vert.heights_mm[1] * 0.75, vert.heights_mm[2])
