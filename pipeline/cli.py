@@ -8,6 +8,8 @@ Expected errors print one line on stderr, no traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import faulthandler
 import importlib
 import os
 import sys
@@ -409,6 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``crav`` console script; returns the exit code."""
+    # a crash in native code (decoders, SimpleITK, SQLite) prints the Python stack of every thread on
+    # stderr instead of a bare "Segmentation fault" (seen once, on a first demo run, not reproduced)
+    if not faulthandler.is_enabled():
+        with contextlib.suppress(OSError, ValueError):  # a captured stderr has no file descriptor
+            faulthandler.enable()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
