@@ -16,7 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from pipeline.domain import Lesion, LesionResult, Outcome, SeriesRole, Visit, VisitMeasurement, level_index
-from pipeline.ingest.catalog import Catalog, SeriesRecord
+from pipeline.ingest.catalog import PatientIndex, SeriesRecord
 from pipeline.ingest.visits import VisitAssignment, assign_visits
 from pipeline.ingest.volumes import VolumeError, load_dynamic, load_volume
 from pipeline.outputs.nifti import write_mask_nifti
@@ -71,7 +71,7 @@ def _pick(series: list[SeriesRecord], role: SeriesRole) -> SeriesRecord | None:
     return max(cands, key=lambda s: (s.n_files, s.series_uid)) if cands else None
 
 
-def load_study(catalog: Catalog, study_uid: str, study_date: dt.date | None, series: list[SeriesRecord]
+def load_study(catalog: PatientIndex, study_uid: str, study_date: dt.date | None, series: list[SeriesRecord]
                 ) -> StudyImages | str:
     """Load T1 (required), STIR and the DCE of a study; a string is the reason it cannot be used."""
     t1_rec = _pick(series, SeriesRole.T1)
@@ -279,104 +279,216 @@ def _ktrans(lv: LesionVisitResult, region: np.ndarray, settings: Settings) -> No
         lv.measurement["ktrans_per_min"] = fit.ktrans_per_min
 
 
-def process_patient(patient_id: str, lesions: list[Lesion], catalog: Catalog, out_dir: Path,
-                    settings: Settings) -> PatientOutcome:
-    """Analyse every registry lesion of one patient; never raises for bad images (reasons are kept)."""
+@dataclass
+class PatientPlan:
+    """What one patient's analysis will do: the MR studies to read and, per lesion, its visits."""
+
+    patient_id: str
+    lesions: list[Lesion]  # vertebral lesions, cranio-caudal order, each with a J0 study
+    study_dates: dict[str, dt.date | None]  # MR studies to read (those of some lesion's visits)
+    visits: dict[str, dict[str, VisitAssignment]]  # lesion_id -> study_uid -> visit
+    vertebral: list[Lesion]  # every vertebral lesion of the patient (the cement masses are shared by level)
+    done: list[LesionResult]  # lesions already decided without images (non-vertebral, no J0 study, no series)
+    problems: list[str] = field(default_factory=list)
+
+
+def plan_patient(index: PatientIndex, lesions: list[Lesion]) -> PatientPlan:
+    """The studies each lesion's visits need, from the catalog's index alone (no image is read)."""
+    if not index.series:
+        reason = f"{index.missing_reason or 'no usable DICOM series'}: check the registry's patient_id against " \
+                 "the PACS export"
+        return PatientPlan(index.patient_id, [], {}, {}, [], [_indeterminate(les, reason) for les in lesions],
+                           [f"patient {index.patient_id}: {reason}"])
+    mr_dates = {st.study_uid: st.study_date for st in index.studies
+                if any(s.study_uid == st.study_uid and s.role == SeriesRole.T1 for s in index.series)}
+    ordered = sorted(lesions, key=lambda les: (level_index(les.level) if les.is_vertebral else 99, les.lesion_id))
+    plan = PatientPlan(index.patient_id, [], {}, {}, [les for les in ordered if les.is_vertebral], [])
+    dates = {uid: d for uid, d in mr_dates.items() if d is not None}
+    for les in ordered:
+        if not les.is_vertebral:
+            plan.done.append(_indeterminate(les, f"non-vertebral site {les.level}: this version segments vertebral "
+                                                 "bodies only"))
+            continue
+        visits = assign_visits(dates, les.procedure_date)
+        if not any(a.visit == Visit.J0 for a in visits.values()):
+            plan.done.append(_indeterminate(les, "no MR study in the J0 window (day 0 to +2)"))
+            continue
+        plan.lesions.append(les)
+        plan.visits[les.lesion_id] = visits
+        plan.study_dates.update({uid: mr_dates[uid] for uid in visits})
+    return plan
+
+
+def read_study(index: PatientIndex, study_uid: str, study_date: dt.date | None) -> StudyImages | str:
+    """Read the volumes of one MR study (I/O only); a string is the reason the study cannot be used."""
+    return load_study(index, study_uid, study_date, [s for s in index.series if s.study_uid == study_uid])
+
+
+def prepare_study(img: StudyImages | str, settings: Settings, post_treatment: bool) -> StudyImages | str:
+    """The study-level analysis every lesion of the study shares: cement, and for a treated spine the DCE maps.
+
+    Done once per study before any lesion looks at it, so that the lesions of a patient can then
+    be analysed concurrently without writing to the study.
+    """
+    if isinstance(img, str):
+        return img
+    if img.cement is None:
+        img.cement = cement.find_cement_mr(img.t1, img.stir, muscle_ratio=settings.cement_mr_muscle_ratio)
+    if post_treatment:
+        _enhancement(img, settings)
+        if img.stir is not None and img.dce_phases is not None and img.stir_on_dce is None:
+            img.stir_on_dce = registration.resample_to(img.dce_phases[0], img.stir, None, nearest=False)
+    return img
+
+
+@dataclass
+class LesionAnalysis:
+    """One lesion analysed at every visit, in memory, before anything is written."""
+
+    lesion: Lesion
+    per_visit: list[LesionVisitResult]
+    j0: LesionVisitResult
+    problems: list[str]
+
+
+def analyse_lesion(les: Lesion, plan: PatientPlan, images: dict[str, StudyImages | str],
+                   settings: Settings) -> LesionAnalysis | LesionResult:
+    """Segment and measure one lesion at each of its visits; an indeterminate result when J0 cannot be used.
+
+    ``images`` holds the prepared studies of ``plan`` (see :func:`prepare_study`); they are only read.
+    """
+    visits = plan.visits[les.lesion_id]
+    j0_uid = next(u for u, a in visits.items() if a.visit == Visit.J0)
+    j0_img = images[j0_uid]
+    if isinstance(j0_img, str):
+        return _indeterminate(les, f"J0 MR study unusable: {j0_img}")
+    assert j0_img.cement is not None, "prepare_study runs before analyse_lesion"
+    masses = j0_img.cement.masses
+    same_day = [x for x in plan.vertebral if x.procedure_date == les.procedure_date]
+    rank = same_day.index(les)
+    if len(masses) < len(same_day):
+        return _indeterminate(les, f"J0: {len(masses)} cement mass(es) for {len(same_day)} treated level(s) "
+                                   f"({j0_img.cement.reason})")
+    chosen = sorted(sorted(masses, key=lambda m: -m.volume_ml)[: len(same_day)], key=lambda m: -m.centroid_mm[2])
+    j0_mass = chosen[rank]
     problems: list[str] = []
-    series = catalog.series(patient_id)
-    if not series:
-        why = catalog.unknown_patients([patient_id]).get(patient_id, "no usable DICOM series")
-        reason = f"{why}: check the registry's patient_id against the PACS export"
-        return PatientOutcome(patient_id, [_indeterminate(les, reason) for les in lesions], [],
-                              [f"patient {patient_id}: {reason}"], {}, [])
-    studies = {s.study_uid: s for s in catalog.studies(patient_id)}
-    mr_studies = {uid: st for uid, st in studies.items()
-                  if any(s.study_uid == uid and s.role == SeriesRole.T1 for s in series)}
-    lesions = sorted(lesions, key=lambda les: (level_index(les.level) if les.is_vertebral else 99, les.lesion_id))
-    images: dict[str, StudyImages | str] = {}
+    per_visit: list[LesionVisitResult] = []
+    j0_lv = LesionVisitResult(visits[j0_uid], j0_img, cement_mask=j0_mass.mask)
+    if len(masses) > len(same_day):
+        j0_lv.notes.append(f"{len(masses)} cement masses for {len(same_day)} level(s): the largest kept")
+    _analyse(j0_lv, j0_mass.mask, False, None, None, settings)
+    for uid, assign in sorted(visits.items(), key=lambda kv: kv[1].days_from_procedure):
+        if uid == j0_uid:
+            per_visit.append(j0_lv)
+            continue
+        img = images[uid]
+        if isinstance(img, str):
+            problems.append(f"{les.lesion_id} {assign.visit.value}: {img}")
+            continue
+        assert img.cement is not None, "prepare_study runs before analyse_lesion"
+        lv = LesionVisitResult(assign, img)
+        is_pre = assign.days_from_procedure < 0
+        landmark = j0_mass.centroid_mm  # no cement before treatment: start from the J0 position
+        if not is_pre:
+            found = _same_level_mass(img.cement.masses, len(same_day), rank, j0_mass.centroid_mm)
+            if found is not None:
+                lv.cement_mask = found.mask
+                landmark = found.centroid_mm
+            else:
+                lv.notes.append("treated cement mass not found at this visit")
+        # without cement on this visit the start is the J0 position itself, off by the patient's
+        # repositioning: a translation search finds the level first
+        reg = registration.register_rigid(j0_img.t1, img.t1, fixed_landmark_mm=j0_mass.centroid_mm,
+                                          moving_landmark_mm=landmark, crop_center_mm=j0_mass.centroid_mm,
+                                          search_mm=0.0 if lv.cement_mask is not None else 15.0)
+        if not np.isfinite(reg.metric):
+            lv.notes.append(f"registration to J0 failed, initial alignment kept: {reg.reason}")
+        seed = lv.cement_mask if lv.cement_mask is not None else _sphere_seed(
+            img.t1, reg.transform.TransformPoint(j0_mass.centroid_mm), 6.0)
+        lv.to_j0 = reg.transform
+        _analyse(lv, seed, is_pre, j0_lv, reg.transform, settings)
+        per_visit.append(lv)
+    return LesionAnalysis(les, per_visit, j0_lv, problems)
 
-    def study_images(uid: str) -> StudyImages | str:
-        if uid not in images:
-            st = mr_studies[uid]
-            images[uid] = load_study(catalog, uid, st.study_date, [s for s in series if s.study_uid == uid])
-        return images[uid]
 
-    results: list[LesionResult] = []
+@dataclass
+class LesionWritten:
+    """One lesion's verdict, table rows and last follow-up date, and the files written for it."""
+
+    result: LesionResult
+    rows: list[VisitMeasurement]
+    last_follow_up: dt.date | None
+    files: list[Path]
+
+
+def write_lesion(analysis: LesionAnalysis, out_dir: Path, settings: Settings) -> LesionWritten:
+    """Write one lesion's masks and transforms; classify it."""
+    res, rows, files = _lesion_outputs(analysis.lesion, analysis.per_visit, analysis.j0, out_dir, settings)
+    fu = [lv.study.study_date for lv in analysis.per_visit if lv.visit.visit.is_follow_up and lv.study.study_date]
+    return LesionWritten(res, rows, max(fu) if fu else None, files)
+
+
+def prune_patient_folder(folder: Path, keep: set[Path]) -> list[Path]:
+    """Delete the files under a patient's output folder that its latest analysis did not write.
+
+    Masks of a visit that is gone (a study deleted from the export, a registry row changed) or of
+    an interrupted run must not stay beside the current results. ``state.json`` is always kept.
+    """
+    keep = {p.resolve() for p in keep}
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for path in sorted(folder.rglob("*"), reverse=True):  # files first, then their emptied folders
+        if path.is_file() or path.is_symlink():
+            if path.name != "state.json" and path.resolve() not in keep:
+                path.unlink()
+                removed.append(path)
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+    return removed
+
+
+def is_post_treatment(plan: PatientPlan, study_uid: str) -> bool:
+    """True when some lesion sees the study on or after its procedure (its DCE will be analysed)."""
+    return any(uid == study_uid and a.days_from_procedure >= 0 for v in plan.visits.values() for uid, a in v.items())
+
+
+def assemble_outcome(plan: PatientPlan, images: dict[str, StudyImages | str],
+                     analysed: list[LesionResult | LesionWritten], extra_problems: list[str]) -> PatientOutcome:
+    """The patient's contribution to the cohort tables, lesions in the plan's order."""
+    results = list(plan.done)
     measurements: list[VisitMeasurement] = []
     last_fu: dict[str, dt.date] = {}
-    vertebral = [les for les in lesions if les.is_vertebral]
-    for les in lesions:
-        if not les.is_vertebral:
-            results.append(_indeterminate(les, f"non-vertebral site {les.level}: this version segments vertebral "
-                                               "bodies only"))
+    for item in analysed:
+        if isinstance(item, LesionResult):
+            results.append(item)
             continue
-        dates = {uid: st.study_date for uid, st in mr_studies.items() if st.study_date is not None}
-        visits = assign_visits(dates, les.procedure_date)
-        j0_uid = next((u for u, a in visits.items() if a.visit == Visit.J0), None)
-        if j0_uid is None:
-            results.append(_indeterminate(les, "no MR study in the J0 window (day 0 to +2)"))
-            continue
-        j0_img = study_images(j0_uid)
-        if isinstance(j0_img, str):
-            results.append(_indeterminate(les, f"J0 MR study unusable: {j0_img}"))
-            continue
-        if j0_img.cement is None:
-            j0_img.cement = cement.find_cement_mr(j0_img.t1, j0_img.stir,
-                                                  muscle_ratio=settings.cement_mr_muscle_ratio)
-        masses = j0_img.cement.masses
-        same_day = [x for x in vertebral if x.procedure_date == les.procedure_date]
-        rank = same_day.index(les)
-        if len(masses) < len(same_day):
-            results.append(_indeterminate(les, f"J0: {len(masses)} cement mass(es) for {len(same_day)} treated "
-                                               f"level(s) ({j0_img.cement.reason})"))
-            continue
-        chosen = sorted(sorted(masses, key=lambda m: -m.volume_ml)[: len(same_day)], key=lambda m: -m.centroid_mm[2])
-        j0_mass = chosen[rank]
-        per_visit: list[LesionVisitResult] = []
-        j0_lv = LesionVisitResult(visits[j0_uid], j0_img, cement_mask=j0_mass.mask)
-        if len(masses) > len(same_day):
-            j0_lv.notes.append(f"{len(masses)} cement masses for {len(same_day)} level(s): the largest kept")
-        _analyse(j0_lv, j0_mass.mask, False, None, None, settings)
-        for uid, assign in sorted(visits.items(), key=lambda kv: kv[1].days_from_procedure):
-            if uid == j0_uid:
-                per_visit.append(j0_lv)
-                continue
-            img = study_images(uid)
-            if isinstance(img, str):
-                problems.append(f"{les.lesion_id} {assign.visit.value}: {img}")
-                continue
-            lv = LesionVisitResult(assign, img)
-            is_pre = assign.days_from_procedure < 0
-            landmark = j0_mass.centroid_mm  # no cement before treatment: start from the J0 position
-            if img.cement is None:
-                img.cement = cement.find_cement_mr(img.t1, img.stir, muscle_ratio=settings.cement_mr_muscle_ratio)
-            if not is_pre:
-                found = _same_level_mass(img.cement.masses, len(same_day), rank, j0_mass.centroid_mm)
-                if found is not None:
-                    lv.cement_mask = found.mask
-                    landmark = found.centroid_mm
-                else:
-                    lv.notes.append("treated cement mass not found at this visit")
-            # without cement on this visit the start is the J0 position itself, off by the patient's
-            # repositioning: a translation search finds the level first
-            reg = registration.register_rigid(j0_img.t1, img.t1, fixed_landmark_mm=j0_mass.centroid_mm,
-                                              moving_landmark_mm=landmark, crop_center_mm=j0_mass.centroid_mm,
-                                              search_mm=0.0 if lv.cement_mask is not None else 15.0)
-            if not np.isfinite(reg.metric):
-                lv.notes.append(f"registration to J0 failed, initial alignment kept: {reg.reason}")
-            seed = lv.cement_mask if lv.cement_mask is not None else _sphere_seed(
-                img.t1, reg.transform.TransformPoint(j0_mass.centroid_mm), 6.0)
-            lv.to_j0 = reg.transform
-            _analyse(lv, seed, is_pre, j0_lv, reg.transform, settings)
-            per_visit.append(lv)
-        res, rows = _lesion_outputs(les, per_visit, j0_lv, out_dir, settings)
-        results.append(res)
-        measurements.extend(rows)
-        fu = [lv.study.study_date for lv in per_visit if lv.visit.visit.is_follow_up and lv.study.study_date]
-        if fu:
-            last_fu[les.lesion_id] = max(fu)
+        results.append(item.result)
+        measurements.extend(item.rows)
+        if item.last_follow_up is not None:
+            last_fu[item.result.lesion.lesion_id] = item.last_follow_up
     used = sorted({u for im in images.values() if not isinstance(im, str) for u in im.series_used.values()})
-    return PatientOutcome(patient_id, results, measurements, problems, last_fu, used)
+    return PatientOutcome(plan.patient_id, results, measurements, plan.problems + extra_problems, last_fu, used)
+
+
+def process_patient(index: PatientIndex, lesions: list[Lesion], out_dir: Path, settings: Settings) -> PatientOutcome:
+    """Analyse every registry lesion of one patient in one thread (the Prefect flow runs the same steps as tasks).
+
+    Never raises for bad images: the reasons are kept in the results and problems.
+    """
+    plan = plan_patient(index, lesions)
+    images = {uid: prepare_study(read_study(index, uid, date), settings, is_post_treatment(plan, uid))
+              for uid, date in plan.study_dates.items()}
+    analysed: list[LesionResult | LesionWritten] = []
+    problems: list[str] = []
+    for les in plan.lesions:
+        a = analyse_lesion(les, plan, images, settings)
+        if isinstance(a, LesionResult):
+            analysed.append(a)
+        else:
+            problems.extend(a.problems)
+            analysed.append(write_lesion(a, out_dir, settings))
+    return assemble_outcome(plan, images, analysed, problems)
 
 
 def _same_level_mass(masses: list[cement.CementMass], n_levels: int, rank: int,
@@ -404,8 +516,9 @@ def _indeterminate(les: Lesion, reason: str) -> LesionResult:
 
 
 def _lesion_outputs(les: Lesion, per_visit: list[LesionVisitResult], j0: LesionVisitResult, out_dir: Path,
-                    settings: Settings) -> tuple[LesionResult, list[VisitMeasurement]]:
+                    settings: Settings) -> tuple[LesionResult, list[VisitMeasurement], list[Path]]:
     rows: list[VisitMeasurement] = []
+    files: list[Path] = []
     summaries: list[classify.VisitSummary] = []
     folder = out_dir / "patients" / safe_path_component(les.patient_id) / safe_path_component(les.lesion_id)
     for lv in per_visit:
@@ -420,8 +533,9 @@ def _lesion_outputs(les: Lesion, per_visit: list[LesionVisitResult], j0: LesionV
         for name, mask in masks.items():
             if isinstance(mask, sitk.Image):
                 write_mask_nifti(vdir / f"{name}.nii.gz", mask)
+                files.append(vdir / f"{name}.nii.gz")
         if lv.to_j0 is not None:
-            write_transform(vdir / "to_j0.tfm", lv.to_j0)
+            files.append(write_transform(vdir / "to_j0.tfm", lv.to_j0))
         qa = "needs_review" if lv.notes or lv.study.notes else "pending"
         grade = m.get("genant_grade")
         genant = grade if isinstance(grade, int) else None
@@ -449,7 +563,7 @@ def _lesion_outputs(les: Lesion, per_visit: list[LesionVisitResult], j0: LesionV
     result = LesionResult(les, verdict.j0_residual, verdict.j0_residual_volume_ml, verdict.outcome,
                           verdict.failure_timepoint, verdict.baseline_fracture, verdict.height_loss,
                           verdict.max_height_loss_pct, verdict.reason)
-    return result, rows
+    return result, rows, files
 
 
 def _f(x: object) -> float | None:

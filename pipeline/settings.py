@@ -66,6 +66,13 @@ class Settings:
         """Plain dict of every setting (written into provenance)."""
         return dataclasses.asdict(self)
 
+    def analysis_dict(self) -> dict[str, Any]:
+        """The settings results depend on: all but how the work is scheduled (what incremental runs compare)."""
+        return {k: v for k, v in self.as_dict().items() if k not in ORCHESTRATION_SETTINGS}
+
+
+ORCHESTRATION_SETTINGS = frozenset({"quiet_period_s", "max_workers"})
+
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
     if isinstance(default, bool):

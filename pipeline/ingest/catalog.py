@@ -19,6 +19,7 @@ import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +46,36 @@ __all__ = [
     "SCHEMA_VERSION",
     "Catalog",
     "FileRecord",
+    "PatientIndex",
     "SeriesRecord",
     "StudyRecord",
     "parse_da",
 ]
+
+
+@dataclass(frozen=True)
+class PatientIndex:
+    """What one patient's analysis needs from the catalog, as plain picklable values.
+
+    The analysis of a patient reads DICOM files by path and never the catalog itself: a task
+    can then run in another process or on another host that sees the export folder (a Dask
+    worker), while the catalog stays with the process that scanned the export.
+    """
+
+    patient_id: str
+    series: tuple[SeriesRecord, ...]
+    studies: tuple[StudyRecord, ...]
+    series_files: dict[str, tuple[Path, ...]]  # series_uid -> readable files, one per SOPInstanceUID
+    missing_reason: str | None = None  # why the patient has no usable series (None when it has some)
+
+    def files(self, series_uid: str) -> list[Path]:
+        return list(self.series_files.get(series_uid, ()))
+
+    def dynamic_files(self, group_id: str) -> list[Path]:
+        """Files of every phase of a split dynamic, phase after phase (for ``load_dynamic``)."""
+        members = sorted((s for s in self.series if s.dynamic_group == group_id),
+                         key=lambda s: (s.dynamic_index if s.dynamic_index is not None else -1))
+        return [p for s in members for p in self.files(s.series_uid)]
 
 
 class Catalog:
@@ -144,6 +171,15 @@ class Catalog:
     def dynamic_files(self, group_id: str) -> list[Path]:
         """Files of every phase of a split dynamic, phase after phase (for ``load_dynamic``)."""
         return [p for s in self.dynamic_group(group_id) for p in self.files(s.series_uid)]
+
+    def patient_index(self, patient_id: str) -> PatientIndex:
+        """The series, studies and file paths of one patient (see :class:`PatientIndex`)."""
+        series = tuple(self.series(patient_id))
+        if not series:
+            why = self.unknown_patients([patient_id]).get(patient_id, "no usable DICOM series")
+            return PatientIndex(patient_id, (), (), {}, why)
+        return PatientIndex(patient_id, series, tuple(self.studies(patient_id)),
+                            {s.series_uid: tuple(self.files(s.series_uid)) for s in series})
 
     def headers(self, series_uid: str) -> list[dict[str, Any]]:
         """Stored header fields of the files of a series (one per SOPInstanceUID)."""

@@ -23,7 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "atomic_path", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["TEMP_MARK", "atomic_open", "atomic_path", "atomic_write_bytes", "atomic_write_text", "sweep_orphans"]
+
+TEMP_MARK = ".crav-tmp-"  # in every temporary name, so that a sweep can tell them from anything else
 
 def _default_mode() -> int:
     """Permission bits an ordinary ``open()`` would give a new file (0o666 minus the umask)."""
@@ -78,7 +80,7 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[
     """
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix, dir=dest.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}{TEMP_MARK}", suffix=suffix, dir=dest.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -151,3 +153,18 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "
     """Write ``text`` to ``path`` atomically (UTF-8 by default, newlines written as given)."""
     with atomic_open(path, "w", encoding=encoding, newline="") as fh:
         fh.write(text)
+
+
+def sweep_orphans(root: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files a killed writer left under ``root``; return their paths.
+
+    Only call it while no writer works under ``root`` (hold :func:`pipeline.outputs.lock.output_lock`):
+    every temporary file is then an orphan of a process that died before its rename.
+    """
+    removed = []
+    for tmp in Path(root).rglob(f".*{TEMP_MARK}*"):
+        if tmp.is_file() and not tmp.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed.append(tmp)
+    return sorted(removed)

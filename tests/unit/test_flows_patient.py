@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+import flows.patient_flow
+from flows.crav_flow import patient_step  # imports Prefect, which sets up logging: before caplog's handler
 from flows.patient import process_patient
 from pipeline.domain import Lesion, Outcome
 from pipeline.ingest.catalog import Catalog
@@ -17,7 +19,7 @@ from pipeline.settings import Settings
 def test_registry_patient_without_dicom_is_indeterminate_with_reason(tmp_path: Path) -> None:
     lesions = [Lesion("GHOST-1", "GHOST-1-L2", "L2", dt.date(2021, 3, 1)),
                Lesion("GHOST-1", "GHOST-1-ILIAC", "ILIAC_L", dt.date(2021, 3, 1))]
-    out = process_patient("GHOST-1", lesions, Catalog.open(":memory:"), tmp_path, Settings())
+    out = process_patient(Catalog.open(":memory:").patient_index("GHOST-1"), lesions, tmp_path, Settings())
     assert [r.lesion.lesion_id for r in out.results] == ["GHOST-1-L2", "GHOST-1-ILIAC"]
     assert all(r.outcome == Outcome.INDETERMINATE for r in out.results)
     assert all("no DICOM image with this PatientID" in r.reason for r in out.results)
@@ -26,16 +28,13 @@ def test_registry_patient_without_dicom_is_indeterminate_with_reason(tmp_path: P
 
 def test_unexpected_error_is_contained_and_kept_out_of_logs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                              caplog: pytest.LogCaptureFixture) -> None:
-    import flows.patient
-    from flows.crav_flow import patient_step
-
     def boom(*args: object, **kwargs: object) -> None:
         raise RuntimeError("cannot read /export/DOE^JOHN/IM0001")
 
-    monkeypatch.setattr(flows.patient, "process_patient", boom)
+    monkeypatch.setattr(flows.patient_flow, "patient_flow", boom)
     lesion = Lesion("P-9", "P-9-L1", "L1", dt.date(2021, 3, 1))
     with caplog.at_level(logging.DEBUG):
-        out = patient_step("P-9", [lesion], f"sqlite:///{tmp_path / 'c.sqlite'}", tmp_path, Settings())
+        out = patient_step(Catalog.open(":memory:").patient_index("P-9"), [lesion], tmp_path, Settings(), None)
     assert out.failed and out.results[0].outcome == Outcome.INDETERMINATE
     assert "RuntimeError" in out.results[0].reason and "DOE^JOHN" in out.problems[0]  # details kept in run.json
     assert "RuntimeError" in caplog.text
