@@ -99,6 +99,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
 def _is_within(inner: Path, outer: Path) -> bool:
     inner, outer = inner.resolve(), outer.resolve()
     return inner == outer or outer in inner.parents
@@ -183,7 +193,8 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _check_run_folders(args: argparse.Namespace) -> tuple[Path, Path, Path | None]:
+    """The input, output and registry of ``crav run`` / ``crav serve``, checked before any work starts."""
     input_dir: Path = _existing_dir(args.input, "input folder")
     output_dir: Path = args.output
     if output_dir.exists() and not output_dir.is_dir():
@@ -198,6 +209,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"no treatments.csv at the root of {input_dir}; "
                          "give the registry with --registry FILE")
     _check_settings(args.settings)
+    return input_dir, output_dir, registry
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    input_dir, output_dir, registry = _check_run_folders(args)
     _check_reads(args.reads)
     crav_flow = _import("flows.crav_flow", "run")
     from pipeline.outputs.lock import OutputLockedError
@@ -212,11 +228,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
             settings_path=args.settings,
             overrides={"quiet_period_s": args.quiet_period} if args.quiet_period is not None else None,
             reads=args.reads,
+            dask_address=args.dask_address,
         )
     except OutputLockedError as exc:
         raise UsageError(str(exc)) from exc
     _print_run_summary(output_dir)
     return int(code)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    input_dir, output_dir, registry = _check_run_folders(args)
+    serve_mod = _import("flows.serve", "serve")
+    try:
+        serve_mod.serve_export(
+            input_dir=input_dir.resolve(), output_dir=output_dir.resolve(),
+            registry=registry.resolve() if registry else None,
+            interval_s=args.interval, cron=args.cron, name=args.name,
+            settings_path=args.settings.resolve() if args.settings else None,
+            quiet_period_s=args.quiet_period, dask_address=args.dask_address)
+    except serve_mod.ServeError as exc:
+        raise UsageError(str(exc)) from exc
+    return EXIT_OK
 
 
 def _print_run_summary(output_dir: Path) -> None:
@@ -366,7 +398,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reads", type=Path, metavar="FILE",
                    help="reference read CSV (as for crav evaluate --reads): adds the agreement with it (confusion "
                         "matrix, Cohen's kappa) to cohort_summary.json / .md")
+    p.add_argument("--dask-address", metavar="URL",
+                   help="run the patients on this dask.distributed scheduler (tcp://host:8786) instead of "
+                        "threads here; its workers must see the input and output folders at the same paths")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser(
+        "serve", help="serve crav run as a scheduled Prefect deployment (needs a Prefect server)",
+        description="Register crav run as a Prefect deployment on the Prefect server named by PREFECT_API_URL, "
+                    "with a schedule, and run its flow runs here until interrupted (Ctrl-C). Each scheduled "
+                    "run processes only what is new or changed in the export. One patient can be re-run "
+                    "through the same deployment:\n"
+                    "  prefect deployment run 'crav-run/NAME' --param patient_id=ID [--param force=true]\n"
+                    "Start the server first (README, 'Scheduled runs'): prefect server start --host 127.0.0.1",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", type=Path, required=True, metavar="DIR", help="PACS export folder")
+    p.add_argument("--output", type=Path, required=True, metavar="DIR",
+                   help="results folder (created when missing; must not be inside the input folder)")
+    p.add_argument("--registry", type=Path, metavar="FILE",
+                   help="treatments.csv (default: treatments.csv at the root of the input folder)")
+    when = p.add_mutually_exclusive_group(required=True)
+    when.add_argument("--interval", type=_positive_float, metavar="S", help="run every S seconds")
+    when.add_argument("--cron", metavar="EXPR", help="run on a cron schedule, e.g. '0 2 * * *' (02:00 every day)")
+    p.add_argument("--name", default="crav-export", metavar="NAME",
+                   help="deployment name (default crav-export: the deployment is crav-run/crav-export)")
+    p.add_argument("--settings", type=Path, metavar="TOML",
+                   help="TOML file overriding settings (names as in pipeline/settings.py)")
+    p.add_argument("--quiet-period", type=float, metavar="S",
+                   help="seconds a file must stay unmodified before it is used (default 60): a file still being "
+                        "copied is left for the next run")
+    p.add_argument("--dask-address", metavar="URL",
+                   help="run the patients on this dask.distributed scheduler instead of threads here")
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser(
         "status", help="what an output folder holds: the last run, each patient, what failed and why",
