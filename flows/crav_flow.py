@@ -204,7 +204,8 @@ def crav_run(input_dir: Path, output_dir: Path, registry: Path | None = None,
     Raises :class:`pipeline.outputs.lock.OutputLockedError` when another run writes into ``output_dir``.
     """
     input_dir, output_dir = Path(input_dir), Path(output_dir)
-    patients = [patient_id] if isinstance(patient_id, str) else list(patient_id or [])
+    # from a deployment run, ``--param patient_id=12345`` arrives as a JSON number
+    patients = [str(p) for p in ([patient_id] if isinstance(patient_id, str | int) else patient_id or [])]
     settings = load_settings(Path(settings_file) if settings_file else None, overrides)
     registry = Path(registry) if registry else input_dir / "treatments.csv"
     with output_lock(output_dir):  # one run per output folder; a second one is refused (OutputLockedError)

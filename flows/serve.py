@@ -74,5 +74,5 @@ def serve_export(input_dir: Path, output_dir: Path, registry: Path | None, inter
           f"re-run one patient: prefect deployment run 'crav-run/{name}' --param patient_id=ID", flush=True)
     flow.serve(name=name, parameters=deployment_parameters(input_dir, output_dir, registry, settings_path,
                                                            quiet_period_s),
-               limit=1, print_starting_message=False,
+               limit=1, print_starting_message=False, enforce_parameter_schema=False,
                description=f"crav run of {input_dir} into {output_dir}", **schedule)
