@@ -30,6 +30,7 @@ from pipeline.outputs.lock import output_lock
 from pipeline.outputs.paths import safe_path_component
 from pipeline.outputs.patient_state import fingerprint, load_patient_state
 from pipeline.outputs.tables import write_cohort_summary, write_lesions_csv, write_measurements_csv
+from pipeline.progress import ProgressBar
 from pipeline.response.cohort import cohort_markdown, cohort_table
 from pipeline.settings import Settings, load_settings
 
@@ -56,7 +57,8 @@ from flows.patient_flow import io_task, thread_runner  # noqa: E402
 
 def scan_step(input_dir: Path, catalog_url: str, settings: Settings) -> ScanReport:
     with Catalog.open(catalog_url) as catalog:
-        return scan_export(input_dir, catalog, quiet_period_s=settings.quiet_period_s)
+        return scan_export(input_dir, catalog, quiet_period_s=settings.quiet_period_s,
+                           progress=ProgressBar("reading headers"))
 
 
 def patient_step(index: PatientIndex, lesions: list[Lesion], output_dir: Path, settings: Settings,
@@ -275,6 +277,8 @@ def _run_locked(input_dir: Path, output_dir: Path, registry: Path, patients: lis
         process_patient_task.submit(indices[pid], by_patient[pid], output_dir, settings, fp): pid
         for pid, fp in todo.items()}
     outcomes: dict[str, PatientOutcome] = {}
+    progress = ProgressBar("patients", min_total=1)
+    progress(0, len(futures))
     for fut in as_completed(list(futures)):
         pid = futures[fut]
         try:
@@ -285,6 +289,7 @@ def _run_locked(input_dir: Path, output_dir: Path, registry: Path, patients: lis
                                                  for les in by_patient[pid]], [],
                                            [f"patient {pid}: processing failed ({type(e).__name__}: {e})"], {}, [],
                                            failed=True)
+        progress(len(outcomes), len(futures))
     for pid in sorted(outcomes):  # the same order whatever the order the patients finished in
         out = outcomes[pid]
         carry((out.results, out.measurements, out.last_follow_up, out.problems))

@@ -131,23 +131,6 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-class _ProgressBar:
-    """A one-line progress bar on stderr, drawn only for a terminal and a long scan."""
-
-    def __init__(self, label: str, min_total: int = 500) -> None:
-        self.label, self.min_total = label, min_total
-        self.enabled = sys.stderr.isatty()
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled or total < self.min_total:
-            return
-        width = 30
-        filled = int(width * done / max(total, 1))
-        end = "\n" if done >= total else ""
-        print(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end=end,
-              file=sys.stderr, flush=True)
-
-
 def _cmd_scan(args: argparse.Namespace) -> int:
     input_dir: Path = _existing_dir(args.input, "input folder")
     _check_settings(args.settings)
@@ -155,6 +138,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     catalog_mod = _import("pipeline.ingest.catalog", "scan")
     from pipeline.ingest.registry import read_registry
     from pipeline.outputs.scan_report import format_scan_report
+    from pipeline.progress import ProgressBar
     from pipeline.settings import load_settings
 
     overrides = {"quiet_period_s": args.quiet_period} if args.quiet_period is not None else None
@@ -176,7 +160,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         raise UsageError(f"--catalog {args.catalog}: {exc}") from exc
     try:
         report = scan.scan_export(input_dir, catalog, quiet_period_s=settings.quiet_period_s,
-                                  progress=_ProgressBar("reading headers"), workers=settings.max_workers)
+                                  progress=ProgressBar("reading headers"), workers=settings.max_workers)
         counts = ("new", "changed", "unchanged", "deleted")
         print(f"scanned {input_dir}: " + ", ".join(f"{getattr(report, k, 0)} {k}" for k in counts))
         for folder in getattr(report, "unlisted_folders", []):
