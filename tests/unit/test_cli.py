@@ -115,10 +115,45 @@ def test_run_calls_flow_with_typed_arguments(tmp_path: Path, monkeypatch: pytest
     assert code == 1  # the flow's "finished with problems" is passed through
     assert seen == {"input_dir": export, "output_dir": tmp_path / "o", "registry": registry,
                     "patients": ["A", "B", "C"], "force": True, "settings_path": None, "overrides": None,
-                    "reads": None}
+                    "reads": None, "dask_address": None}
     _run(["run", "--input", str(export), "--output", str(tmp_path / "o"), "--registry", str(registry),
-          "--quiet-period", "0"], capsys)
-    assert seen["overrides"] == {"quiet_period_s": 0.0}
+          "--quiet-period", "0", "--dask-address", "tcp://10.0.0.5:8786"], capsys)
+    assert seen["overrides"] == {"quiet_period_s": 0.0} and seen["dask_address"] == "tcp://10.0.0.5:8786"
+
+
+def test_serve_passes_its_schedule_and_refuses_a_bad_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "treatments.csv").write_text("patient_id,lesion_id,level,procedure_date\n")
+    seen: dict[str, Any] = {}
+
+    class ServeError(Exception):
+        pass
+
+    def serve_export(**kwargs: Any) -> None:
+        seen.update(kwargs)
+        if kwargs["name"] == "down":
+            raise ServeError("no Prefect server configured: PREFECT_API_URL is not set")
+
+    fake = types.ModuleType("flows.serve")
+    fake.serve_export = serve_export  # type: ignore[attr-defined]
+    fake.ServeError = ServeError  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "flows.serve", fake)
+    base = ["serve", "--input", str(export), "--output", str(tmp_path / "o")]
+    assert _run([*base, "--cron", "0 2 * * *"], capsys)[0] == 0
+    assert seen["cron"] == "0 2 * * *" and seen["interval_s"] is None and seen["name"] == "crav-export"
+    assert seen["input_dir"] == export.resolve() and seen["registry"] is None  # the flow takes treatments.csv
+    assert _run([*base, "--interval", "3600", "--name", "nightly"], capsys)[0] == 0
+    assert seen["interval_s"] == 3600.0 and seen["cron"] is None and seen["name"] == "nightly"
+    code, _, err = _run(base, capsys)  # a schedule is required
+    assert code == 2 and "--interval" in err
+    code, _, err = _run([*base, "--interval", "60", "--cron", "* * * * *"], capsys)
+    assert code == 2 and "not allowed with" in err
+    code, _, err = _run([*base, "--interval", "0"], capsys)
+    assert code == 2 and "must be more than 0" in err
+    code, _, err = _run([*base, "--interval", "60", "--name", "down"], capsys)
+    assert code == 2 and "PREFECT_API_URL" in err
 
 
 def test_phantom_calls_generator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
