@@ -23,6 +23,7 @@ from flows.patient import PatientOutcome, _indeterminate
 from pipeline import __version__
 from pipeline.domain import Lesion, LesionResult, VisitMeasurement
 from pipeline.ingest.catalog import Catalog, PatientIndex
+from pipeline.ingest.digests import input_digests
 from pipeline.ingest.registry import read_registry
 from pipeline.ingest.scan import ScanReport, scan_export
 from pipeline.outputs.atomic import atomic_write_text, sweep_orphans
@@ -93,16 +94,6 @@ def _not_run(les: Lesion) -> LesionResult:
     return _indeterminate(les, "not processed yet: this run was limited with --patient; run without it")
 
 
-def _patient_files(catalog_url: str) -> dict[str, list[tuple[str, int, int]]]:
-    """(path, size, mtime_ns) of every readable file, by PatientID: what a patient's results depend on."""
-    out: dict[str, list[tuple[str, int, int]]] = {}
-    with Catalog.open(catalog_url) as catalog:
-        for rec in catalog.file_accounting():
-            if rec.patient_id and rec.status in ("indexed", "ignored"):
-                out.setdefault(rec.patient_id, []).append((str(rec.path), rec.size, rec.mtime_ns))
-    return out
-
-
 def cohort_summary_table(results: list[LesionResult], last_follow_up: dict[str, dt.date], reads: Path | None,
                          problems: list[str]) -> dict[str, Any]:
     """The cohort table, with the agreement with a reference read when ``reads`` is given (SPEC section 6).
@@ -127,6 +118,13 @@ def cohort_summary_table(results: list[LesionResult], last_follow_up: dict[str, 
 @io_task("scan-export")
 def scan_export_task(input_dir: Path, catalog_url: str, settings: Settings) -> ScanReport:
     return scan_step(input_dir, catalog_url, settings)
+
+
+@io_task("hash-inputs")
+def hash_inputs(catalog_url: str, patient_ids: list[str]) -> dict[str, list[str]]:
+    """The content digests of each patient's files (only new or changed files are read)."""
+    with Catalog.open(catalog_url) as catalog:
+        return input_digests(catalog, patient_ids)
 
 
 @io_task("index-patients")
@@ -232,7 +230,7 @@ def _run_locked(input_dir: Path, output_dir: Path, registry: Path, patients: lis
     unknown = sorted(set(patients) - set(by_patient))
     if unknown:
         problems.append(f"--patient {', '.join(unknown)}: not in {registry.name}; nothing to do for them")
-    files = _patient_files(catalog_url)
+    digests = hash_inputs(catalog_url, sorted(p for p in by_patient if not patients or p in patients))
     analysis_settings = settings.analysis_dict()
     report = CohortReport([], [], {}, problems, {}, {
         "started": started, "input": str(input_dir.resolve()), "registry": str(registry.resolve()),
@@ -252,7 +250,7 @@ def _run_locked(input_dir: Path, output_dir: Path, registry: Path, patients: lis
 
     todo: dict[str, str] = {}
     for pid, patient_lesions in sorted(by_patient.items()):
-        fp = fingerprint(files.get(pid, []), patient_lesions, analysis_settings, __version__)
+        fp = fingerprint(digests.get(pid, []), patient_lesions, analysis_settings, __version__)
         state = output_dir / "patients" / safe_path_component(pid) / "state.json"
         if patients and pid not in patients:  # --patient: the others keep their previous results
             kept = load_patient_state(state, None)
@@ -322,6 +320,8 @@ def run_export(input_dir: Path, output_dir: Path, registry: Path | None = None, 
     patients on that ``dask.distributed`` scheduler (its workers must see the same paths).
     """
     settings = load_settings(settings_path, overrides)
+    with output_lock(output_dir):  # refused here, before Prefect starts, when another run writes there
+        pass  # the flow takes the lock again for the whole run (a deployment's runs take it the same way)
     runner = make_task_runner(settings, dask_address)
     return int(crav_run.with_options(task_runner=runner)(
         input_dir, output_dir, registry, patients or None, force, settings_path, overrides, reads))

@@ -106,6 +106,8 @@ class Catalog:
             db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
+        if "sha256" not in {row[1] for row in db.execute("PRAGMA table_info(files)")}:  # a version-1 catalog
+            db.execute("ALTER TABLE files ADD COLUMN sha256 TEXT")
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         return cls(db, location)
 
@@ -279,6 +281,26 @@ class Catalog:
                 reason += f"; {unread} unreadable file(s) in the export could belong to anyone"
             out[patient_id] = reason
         return out
+
+    def input_files(self, patient_ids: Iterable[str]) -> dict[str, list[tuple[Path, int, int, str | None]]]:
+        """PatientID -> (path, size, mtime_ns, sha256 or None) of its readable files (indexed or ignored)."""
+        wanted = sorted(set(patient_ids))
+        out: dict[str, list[tuple[Path, int, int, str | None]]] = {pid: [] for pid in wanted}
+        for i in range(0, len(wanted), 500):  # SQLite limits the number of parameters
+            chunk = wanted[i:i + 500]
+            rows = self._db.execute(
+                f"SELECT patient_id, path, size, mtime_ns, sha256 FROM files WHERE status IN ('indexed', 'ignored') "
+                f"AND patient_id IN ({','.join('?' * len(chunk))}) ORDER BY path", chunk)
+            for pid, path, size, mtime_ns, digest in rows:
+                out[pid].append((Path(_py_path(path)), size, mtime_ns, digest))
+        return out
+
+    def set_digests(self, digests: Iterable[tuple[Path, int, int, str]]) -> None:
+        """Record (path, size, mtime_ns, sha256); a row the scan has rewritten since (other size or time) is left."""
+        with self.transaction():
+            self._db.executemany(
+                "UPDATE files SET sha256 = ? WHERE path = ? AND size = ? AND mtime_ns = ?",
+                [(d, _db_path(str(p)), size, mtime) for p, size, mtime, d in digests])
 
     # ------------------------------------------------------------------ writing (used by scan)
 

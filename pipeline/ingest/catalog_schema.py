@@ -22,7 +22,7 @@ FILE_STATUSES = ("indexed", "ignored", "quarantined", "arriving")
 #: Reason prefix of files quarantined because their series is claimed by several PatientIDs
 #: (recomputed on every scan: the conflict goes away when its cause does).
 IDENTITY_CONFLICT = "identity conflict: "
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: files.sha256
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS files (
     study_uid TEXT,
     series_uid TEXT,
     sop_uid TEXT,
-    header TEXT
+    header TEXT,
+    sha256 TEXT  -- of the whole file; NULL until computed, reset whenever the scan rewrites the row
 );
 CREATE INDEX IF NOT EXISTS files_patient ON files (patient_id);
 CREATE INDEX IF NOT EXISTS files_series ON files (series_uid);

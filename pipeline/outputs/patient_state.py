@@ -1,8 +1,8 @@
 """Per-patient results kept between runs, so that a patient whose inputs did not change is not recomputed.
 
 The state file ``patients/<patient>/state.json`` holds a fingerprint of everything the results depend
-on (the patient's input files by path, size and modification time, its registry rows, the settings
-and the software version) and the results themselves. A run reuses them only when the fingerprint is
+on (the content of the patient's input files, its registry rows, the settings and the software
+version) and the results themselves. A run reuses them only when the fingerprint is
 identical; any change, or ``--force``, recomputes the patient.
 """
 
@@ -19,20 +19,22 @@ from typing import Any
 from pipeline.domain import Lesion, LesionResult, Outcome, Visit, VisitMeasurement
 from pipeline.outputs.atomic import atomic_write_text
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: inputs by content digest
 
 
-def fingerprint(files: Iterable[tuple[str, int, int]], lesions: Sequence[Lesion], settings: dict[str, Any],
+def fingerprint(inputs: Iterable[str], lesions: Sequence[Lesion], settings: dict[str, Any],
                 software_version: str) -> str:
-    """SHA-256 of the inputs one patient's results depend on.
+    """SHA-256 of everything one patient's results depend on.
 
-    ``files`` are (path, size in bytes, mtime in ns) of the patient's files; order does not matter.
+    ``inputs`` are the content digests of the patient's files (see
+    :func:`pipeline.ingest.digests.input_digests`); neither their order nor the files' names or
+    modification times matter.
     """
     payload = {
         "state_version": STATE_VERSION,
         "software": software_version,
         "settings": settings,
-        "files": sorted([str(p), int(s), int(m)] for p, s, m in files),
+        "inputs": sorted(inputs),
         "lesions": sorted([les.lesion_id, les.level, les.procedure_date.isoformat(), sorted(les.extra.items())]
                           for les in lesions),
     }

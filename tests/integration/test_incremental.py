@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from export_edits import touch_header
 
 from pipeline.domain import SeriesRole
 from pipeline.ingest.catalog import Catalog
@@ -46,12 +47,16 @@ def test_unchanged_patients_are_reused_and_changed_ones_recomputed(repo_root: Pa
     assert _decisions(out)[P1].startswith("unchanged")
     assert (out / "lesions.csv").read_bytes() == table
 
-    # a file of this patient changes (here: a new modification time): the patient is recomputed
     with Catalog.open(out / "catalog.sqlite") as catalog:
         t1 = next(s for s in catalog.series(P1) if s.role == SeriesRole.T1)
         p1_file = catalog.files(t1.series_uid)[0]
+    # the export written anew, same bytes (new modification time): nothing to recompute
     st = p1_file.stat()
     os.utime(p1_file, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    run_export(export, out, patients=[P1], overrides=quiet)
+    assert _decisions(out)[P1].startswith("unchanged")
+    # a file of this patient changes (a header value re-sent by the PACS): the patient is recomputed
+    touch_header(p1_file)
     run_export(export, out, patients=[P1], overrides=quiet)
     assert _decisions(out)[P1] == "recomputed: inputs, registry rows or settings changed"
 

@@ -98,15 +98,16 @@ def test_scheduled_runs_process_what_is_new_and_one_patient_reruns(
     # the schedule goes on; nothing new in the export: nothing recomputed
     _wait_for(lambda: set(_decisions(out).values()) == {UNCHANGED}, 120, "a scheduled run with nothing new", log)
 
-    # a file of P1 changes: the next scheduled run recomputes P1 only
+    # a file of P1 changes (its bytes): the next scheduled run recomputes P1 only
+    from export_edits import touch_header
+
     from pipeline.domain import SeriesRole
     from pipeline.ingest.catalog import Catalog
 
     with Catalog.open(out / "catalog.sqlite") as catalog:
         t1 = next(s for s in catalog.series(P1) if s.role == SeriesRole.T1)
         p1_file = catalog.files(t1.series_uid)[0]
-    st = p1_file.stat()
-    os.utime(p1_file, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    touch_header(p1_file)
     changed = "recomputed: inputs, registry rows or settings changed"
     _wait_for(lambda: _decisions(out).get(P1) == changed, 120, "the scheduled run after a change", log)
     assert {v for k, v in _decisions(out).items() if k != P1} == {UNCHANGED}

@@ -10,14 +10,14 @@ from pipeline.domain import Lesion, LesionResult, Outcome, Visit, VisitMeasureme
 from pipeline.outputs.patient_state import fingerprint, load_patient_state, save_patient_state
 
 LESION = Lesion("P-1", "P-1-L2", "L2", dt.date(2021, 6, 15), {"primary_tumor": "lung", "notes": "x"})
-FILES = [("/e/a", 100, 1), ("/e/b", 200, 2)]
+FILES = ["9f86d081884c7d65", "60303ae22b998861"]  # content digests (shortened)
 SETTINGS = {"j0_residual_ml": 0.2}
 
 
 def test_fingerprint_changes_with_each_input_and_not_with_file_order() -> None:
     base = fingerprint(FILES, [LESION], SETTINGS, "1.0")
     assert fingerprint(list(reversed(FILES)), [LESION], SETTINGS, "1.0") == base
-    assert fingerprint([("/e/a", 100, 1), ("/e/b", 200, 3)], [LESION], SETTINGS, "1.0") != base
+    assert fingerprint([FILES[0], "fd61a03af4f77d87"], [LESION], SETTINGS, "1.0") != base
     assert fingerprint(FILES[:1], [LESION], SETTINGS, "1.0") != base
     assert fingerprint(FILES, [dataclasses.replace(LESION, level="L3")], SETTINGS, "1.0") != base
     assert fingerprint(FILES, [LESION], {"j0_residual_ml": 0.3}, "1.0") != base
@@ -42,3 +42,35 @@ def test_round_trip_is_exact_and_a_stale_or_broken_state_is_ignored(tmp_path: Pa
     path.write_text("{not json", encoding="utf-8")
     assert load_patient_state(path, "fp1") is None
     assert load_patient_state(tmp_path / "missing.json", "fp1") is None
+
+
+def test_digests_follow_content_not_names_or_times(tmp_path: Path) -> None:
+    """A file written anew with the same bytes keeps its digest; one changed byte changes it."""
+    import os
+
+    from pipeline.ingest.catalog import Catalog
+    from pipeline.ingest.digests import input_digests
+
+    a, b = tmp_path / "a.dcm", tmp_path / "b.dcm"
+    a.write_bytes(b"DICM" * 100)
+    b.write_bytes(b"other" * 100)
+    catalog = Catalog.open(":memory:")
+
+    def index() -> None:
+        catalog.upsert_files([(str(p), p.stat().st_size, p.stat().st_mtime_ns, "indexed", "", "P-1", "1.2", "1.2.3",
+                               f"1.2.3.{i}", {}) for i, p in enumerate((a, b))])
+
+    index()
+    first = input_digests(catalog, ["P-1"])["P-1"]
+    assert len(first) == 2 and all(len(d) == 64 for d in first)
+    assert [d for *_, d in catalog.input_files(["P-1"])["P-1"]] != [None, None]  # recorded once computed
+    os.utime(a, ns=(a.stat().st_atime_ns, a.stat().st_mtime_ns + 10**9))  # re-exported, same bytes
+    index()  # the scan rewrites the row: its digest is computed again
+    assert catalog.input_files(["P-1"])["P-1"][0][3] is None
+    assert input_digests(catalog, ["P-1"])["P-1"] == first
+    a.write_bytes(b"DICN" + b"DICM" * 99)
+    index()
+    assert input_digests(catalog, ["P-1"])["P-1"] != first
+    index()  # the scan sees a file that is then rewritten before it is hashed: never taken as known
+    a.write_bytes(b"a file changed after the scan")
+    assert any(d.startswith("unhashed:") for d in input_digests(catalog, ["P-1"])["P-1"])
