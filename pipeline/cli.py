@@ -324,6 +324,24 @@ def _evaluate_reads(reads: Path, results: Path, json_out: Path | None) -> int:
 
 # ---------------------------------------------------------------- parser
 
+def _add_job_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments ``crav run`` and ``crav serve`` share: what to process, where, how."""
+    p.add_argument("--input", type=Path, required=True, metavar="DIR", help="PACS export folder")
+    p.add_argument("--output", type=Path, required=True, metavar="DIR",
+                   help="results folder (created when missing; must not be inside the input folder)")
+    p.add_argument("--registry", type=Path, metavar="FILE",
+                   help="treatments.csv (default: treatments.csv at the root of the input folder)")
+    p.add_argument("--settings", type=Path, metavar="TOML",
+                   help="TOML file overriding settings (names as in pipeline/settings.py)")
+    p.add_argument("--quiet-period", type=float, metavar="S",
+                   help="seconds a file must stay unmodified before it is used (setting quiet_period_s, "
+                        "default 60): a file still being copied is left for the next run; 0 for a complete "
+                        "export such as sample_dicom/")
+    p.add_argument("--dask-address", metavar="URL",
+                   help="run the patients on this dask.distributed scheduler (tcp://host:8786) instead of "
+                        "threads here; its workers must see the input and output folders at the same paths")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``crav`` argument parser (one sub-parser per command)."""
     parser = argparse.ArgumentParser(
@@ -365,26 +383,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "and patients/<id>/ (SPEC.md section 6). A patient whose input files, registry rows and "
                     "settings did not change since the previous run into the same output folder is not "
                     "recomputed. Exit code 1 when the run finished but some file or lesion needs a look.")
-    p.add_argument("--input", type=Path, required=True, metavar="DIR", help="PACS export folder")
-    p.add_argument("--output", type=Path, required=True, metavar="DIR",
-                   help="results folder (created when missing; must not be inside the input folder)")
-    p.add_argument("--registry", type=Path, metavar="FILE",
-                   help="treatments.csv (default: treatments.csv at the root of the input folder)")
+    _add_job_arguments(p)
     p.add_argument("--patient", action="extend", nargs="+", metavar="ID",
                    help="process only these PatientIDs (repeatable)")
     p.add_argument("--force", action="store_true",
                    help="recompute every patient, even those whose inputs, registry rows and settings are unchanged")
-    p.add_argument("--settings", type=Path, metavar="TOML",
-                   help="TOML file overriding settings (names as in pipeline/settings.py)")
-    p.add_argument("--quiet-period", type=float, metavar="S",
-                   help="seconds a file must stay unmodified before it is used (setting quiet_period_s, "
-                        "default 60); 0 for a complete export such as sample_dicom/")
     p.add_argument("--reads", type=Path, metavar="FILE",
                    help="reference read CSV (as for crav evaluate --reads): adds the agreement with it (confusion "
                         "matrix, Cohen's kappa) to cohort_summary.json / .md")
-    p.add_argument("--dask-address", metavar="URL",
-                   help="run the patients on this dask.distributed scheduler (tcp://host:8786) instead of "
-                        "threads here; its workers must see the input and output folders at the same paths")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser(
@@ -396,23 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "  prefect deployment run 'crav-run/NAME' --param patient_id=ID [--param force=true]\n"
                     "Start the server first (README, 'Scheduled runs'): prefect server start --host 127.0.0.1",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", type=Path, required=True, metavar="DIR", help="PACS export folder")
-    p.add_argument("--output", type=Path, required=True, metavar="DIR",
-                   help="results folder (created when missing; must not be inside the input folder)")
-    p.add_argument("--registry", type=Path, metavar="FILE",
-                   help="treatments.csv (default: treatments.csv at the root of the input folder)")
+    _add_job_arguments(p)
     when = p.add_mutually_exclusive_group(required=True)
     when.add_argument("--interval", type=_positive_float, metavar="S", help="run every S seconds")
     when.add_argument("--cron", metavar="EXPR", help="run on a cron schedule, e.g. '0 2 * * *' (02:00 every day)")
     p.add_argument("--name", default="crav-export", metavar="NAME",
                    help="deployment name (default crav-export: the deployment is crav-run/crav-export)")
-    p.add_argument("--settings", type=Path, metavar="TOML",
-                   help="TOML file overriding settings (names as in pipeline/settings.py)")
-    p.add_argument("--quiet-period", type=float, metavar="S",
-                   help="seconds a file must stay unmodified before it is used (default 60): a file still being "
-                        "copied is left for the next run")
-    p.add_argument("--dask-address", metavar="URL",
-                   help="run the patients on this dask.distributed scheduler instead of threads here")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser(
