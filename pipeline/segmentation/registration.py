@@ -7,9 +7,11 @@ image onto the fixed grid (see :func:`resample_to`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +23,27 @@ from pipeline.segmentation import common as cm
 logger = logging.getLogger(__name__)
 
 _SEED = 20240615
+_ITK_THREADS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _single_threaded_itk() -> Iterator[None]:
+    """Run ITK single-threaded inside the block, one block at a time in the process.
+
+    ITK's v4 registration sums its metric over threads in whatever order they finish: with
+    several threads, two runs of the same registration differ by up to ~1e-5 mm, which breaks
+    bit-for-bit reproducible results (a re-run, a run on another machine of a Dask cluster).
+    The thread count of the registration object does not reach the metric it builds; the
+    global default does, so it is set to 1 for the block and restored after. Filters other
+    threads start meanwhile merely run single-threaded.
+    """
+    with _ITK_THREADS_LOCK:
+        previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+        try:
+            yield
+        finally:
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
 
 
 @dataclass(frozen=True)
@@ -183,7 +206,8 @@ def register_rigid(
     initial = sitk.Euler3DTransform(tx)
     reg.SetInitialTransform(tx, inPlace=True)
     try:
-        reg.Execute(fixed_f, moving_f)
+        with _single_threaded_itk():
+            reg.Execute(fixed_f, moving_f)
         metric = float(reg.GetMetricValue())
         stop = reg.GetOptimizerStopConditionDescription()
         result = sitk.Euler3DTransform(tx)
@@ -237,7 +261,8 @@ def _translation_search(fixed: sitk.Image, moving: sitk.Image, tx: sitk.Euler3DT
     start = tx.GetTranslation()
     search.SetInitialTransform(tx, inPlace=True)
     try:
-        search.Execute(fixed_small, moving_crop)
+        with _single_threaded_itk():
+            search.Execute(fixed_small, moving_crop)
     except RuntimeError as exc:
         tx.SetTranslation(start)
         return f"; translation search failed ({exc}), start kept"
