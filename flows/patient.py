@@ -11,6 +11,7 @@ import datetime as dt
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import SimpleITK as sitk
@@ -71,7 +72,15 @@ def _pick(series: list[SeriesRecord], role: SeriesRole) -> SeriesRecord | None:
     return max(cands, key=lambda s: (s.n_files, s.series_uid)) if cands else None
 
 
-def load_study(catalog: PatientIndex, study_uid: str, study_date: dt.date | None, series: list[SeriesRecord]
+class SeriesFiles(Protocol):
+    """Where a study's files are listed: a :class:`PatientIndex` in the flow, the catalog itself in tools."""
+
+    def files(self, series_uid: str) -> list[Path]: ...
+
+    def dynamic_files(self, group_id: str) -> list[Path]: ...
+
+
+def load_study(catalog: SeriesFiles, study_uid: str, study_date: dt.date | None, series: list[SeriesRecord]
                 ) -> StudyImages | str:
     """Load T1 (required), STIR and the DCE of a study; a string is the reason it cannot be used."""
     t1_rec = _pick(series, SeriesRole.T1)
