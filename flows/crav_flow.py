@@ -205,7 +205,8 @@ def crav_run(input_dir: Path, output_dir: Path, registry: Path | None = None,
 
     Raises :class:`pipeline.outputs.lock.OutputLockedError` when another run writes into ``output_dir``.
     """
-    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    # absolute: the patients' tasks may run in other processes (Dask workers) with another working directory
+    input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
     # from a deployment run, ``--param patient_id=12345`` arrives as a JSON number
     patients = [str(p) for p in ([patient_id] if isinstance(patient_id, str | int) else patient_id or [])]
     settings = load_settings(Path(settings_file) if settings_file else None, overrides)

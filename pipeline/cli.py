@@ -126,7 +126,7 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     if args.sample:
         generate.generate_sample(out)
     else:
-        generate.generate_cohort(out, args.patients, args.seed)
+        generate.generate_cohort(out, args.patients, args.seed, resolution=args.resolution)
     print(f"phantom cohort written to {out} (DICOM export, treatments.csv, truth.json, truth/)")
     return EXIT_OK
 
@@ -356,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, metavar="S", help="random seed (same seed, same cohort)")
     p.add_argument("--sample", action="store_true",
                    help="write the small sample cohort shipped as sample_dicom/ (ignores N and S)")
+    p.add_argument("--resolution", choices=("full", "sample"), default="full",
+                   help="full: clinical matrices (default); sample: the coarse grids of sample_dicom/, about a "
+                        "quarter of the files, for quick tests with many patients")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write the cohort into")
     p.set_defaults(func=_cmd_phantom)
 

@@ -180,14 +180,25 @@ def _generate(out_dir: Path, patients: list[ds.PatientDesign], profile: Profile,
     return CohortResult(out_dir, len(patients), len(lesions), n_files)
 
 
-def generate_cohort(out_dir: Path, n_patients: int, seed: int, workers: int | None = None) -> CohortResult:
-    """Generate ``n_patients`` designed patients from ``seed`` at full resolution under ``out_dir``."""
+PROFILES = {"full": FULL, "sample": SAMPLE}
+
+
+def generate_cohort(out_dir: Path, n_patients: int, seed: int, workers: int | None = None,
+                    resolution: str = "full") -> CohortResult:
+    """Generate ``n_patients`` designed patients from ``seed`` under ``out_dir``.
+
+    ``resolution``: ``"full"`` (clinical matrices, the accuracy benchmarks) or ``"sample"`` (the
+    coarse grids of ``sample_dicom/``: the same patients, courses and export noise, about a quarter
+    of the files, for tests of orchestration that need many patients quickly).
+    """
+    if resolution not in PROFILES:
+        raise ValueError(f"resolution must be one of {sorted(PROFILES)}, got {resolution!r}")
     if n_patients < 1:
         raise ValueError(f"n_patients must be >= 1, got {n_patients}")
     if seed == SAMPLE_SEED:
         raise ValueError(f"seed {SAMPLE_SEED} is reserved for the bundled sample; choose another")
     patients = ds.design_cohort(n_patients, seed)
-    return _generate(out_dir, patients, FULL, seed, workers or min(2, os.cpu_count() or 1))
+    return _generate(out_dir, patients, PROFILES[resolution], seed, workers or min(2, os.cpu_count() or 1))
 
 
 def sample_design() -> list[ds.PatientDesign]:

@@ -7,11 +7,9 @@ image onto the fixed grid (see :func:`resample_to`).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,27 +21,11 @@ from pipeline.segmentation import common as cm
 logger = logging.getLogger(__name__)
 
 _SEED = 20240615
-_ITK_THREADS_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _single_threaded_itk() -> Iterator[None]:
-    """Run ITK single-threaded inside the block, one block at a time in the process.
-
-    ITK's v4 registration sums its metric over threads in whatever order they finish: with
-    several threads, two runs of the same registration differ by up to ~1e-5 mm, which breaks
-    bit-for-bit reproducible results (a re-run, a run on another machine of a Dask cluster).
-    The thread count of the registration object does not reach the metric it builds; the
-    global default does, so it is set to 1 for the block and restored after. Filters other
-    threads start meanwhile merely run single-threaded.
-    """
-    with _ITK_THREADS_LOCK:
-        previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-        try:
-            yield
-        finally:
-            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
+# ITK's v4 registration sums its metric over work units in whatever order they finish: with
+# several, two runs of the same registration differ by up to ~1e-5 mm, which breaks bit-for-bit
+# reproducible results (a re-run, a run on another machine of a Dask cluster). One work unit
+# per registration keeps its threads for the rest and makes it reproducible to the last bit.
+_WORK_UNITS = 1
 
 
 @dataclass(frozen=True)
@@ -188,6 +170,7 @@ def register_rigid(
     moving_f = sitk.Cast(crop_physical(moving, moving_center, crop_size_mm * 1.6), sitk.sitkFloat32)
 
     reg = sitk.ImageRegistrationMethod()
+    reg.SetNumberOfWorkUnits(_WORK_UNITS)
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
     reg.SetMetricSamplingPercentage(0.25, _SEED)
@@ -206,8 +189,7 @@ def register_rigid(
     initial = sitk.Euler3DTransform(tx)
     reg.SetInitialTransform(tx, inPlace=True)
     try:
-        with _single_threaded_itk():
-            reg.Execute(fixed_f, moving_f)
+        reg.Execute(fixed_f, moving_f)
         metric = float(reg.GetMetricValue())
         stop = reg.GetOptimizerStopConditionDescription()
         result = sitk.Euler3DTransform(tx)
@@ -253,6 +235,7 @@ def _translation_search(fixed: sitk.Image, moving: sitk.Image, tx: sitk.Euler3DT
     moving_crop = sitk.Cast(crop_physical(moving, tx.TransformPoint(center), reach), sitk.sitkFloat32)
     n = math.ceil(search_mm / step_mm)
     search = sitk.ImageRegistrationMethod()
+    search.SetNumberOfWorkUnits(_WORK_UNITS)
     search.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     search.SetMetricSamplingStrategy(search.NONE)
     search.SetInterpolator(sitk.sitkLinear)
@@ -261,8 +244,7 @@ def _translation_search(fixed: sitk.Image, moving: sitk.Image, tx: sitk.Euler3DT
     start = tx.GetTranslation()
     search.SetInitialTransform(tx, inPlace=True)
     try:
-        with _single_threaded_itk():
-            search.Execute(fixed_small, moving_crop)
+        search.Execute(fixed_small, moving_crop)
     except RuntimeError as exc:
         tx.SetTranslation(start)
         return f"; translation search failed ({exc}), start kept"

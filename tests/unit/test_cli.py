@@ -160,12 +160,15 @@ def test_phantom_calls_generator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                  capsys: pytest.CaptureFixture[str]) -> None:
     calls: list[tuple[Any, ...]] = []
     fake = types.ModuleType("pipeline.phantom.generate")
-    fake.generate_cohort = lambda out, n, seed: calls.append(("cohort", out, n, seed))  # type: ignore[attr-defined]
+    fake.generate_cohort = lambda out, n, seed, resolution: calls.append(  # type: ignore[attr-defined]
+        ("cohort", out, n, seed, resolution))
     fake.generate_sample = lambda out: calls.append(("sample", out))  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "pipeline.phantom.generate", fake)
     assert cli.main(["phantom", "--patients", "3", "--seed", "42", "--out", str(tmp_path)]) == 0
     assert cli.main(["phantom", "--sample", "--out", str(tmp_path)]) == 0
-    assert calls == [("cohort", tmp_path, 3, 42), ("sample", tmp_path)]
+    assert cli.main(["phantom", "--patients", "8", "--seed", "21", "--resolution", "sample", "--out",
+                     str(tmp_path)]) == 0
+    assert calls == [("cohort", tmp_path, 3, 42, "full"), ("sample", tmp_path), ("cohort", tmp_path, 8, 21, "sample")]
 
 
 def test_unavailable_module_is_clean_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
