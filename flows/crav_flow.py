@@ -323,6 +323,7 @@ def run_export(input_dir: Path, output_dir: Path, registry: Path | None = None, 
     patients on that ``dask.distributed`` scheduler (its workers must see the same paths).
     """
     settings = load_settings(settings_path, overrides)
+    input_dir, output_dir = input_dir.resolve(), output_dir.resolve()  # recorded as the flow run's parameters
     with output_lock(output_dir):  # refused here, before Prefect starts, when another run writes there
         pass  # the flow takes the lock again for the whole run (a deployment's runs take it the same way)
     runner = make_task_runner(settings, dask_address)
