@@ -1,6 +1,6 @@
 """``crav serve`` against a real Prefect server, as the README runs it.
 
-One scheduled run processes the export; a run of the same deployment after a file changed
+The first scheduled run processes the export, a later one finds nothing new; the one after a file changed
 recomputes only that patient; ``prefect deployment run ... --param patient_id=`` re-runs one
 patient and keeps the others; the run's summary and lesion table are Prefect artifacts.
 """
