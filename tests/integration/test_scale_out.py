@@ -10,11 +10,9 @@ per patient, each run once; the scheduler's task stream must show both workers c
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +24,7 @@ from typing import Any
 
 import pytest
 from output_compare import assert_same_results
+from processes import stop_group
 
 from tests.conftest import free_port
 
@@ -39,21 +38,6 @@ def _bin(name: str) -> str:
 
 def _tail(path: Path, n: int = 4000) -> str:
     return path.read_text(encoding="utf-8", errors="replace")[-n:] if path.exists() else f"({path} missing)"
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group of ``proc`` (its own session) when it runs, SIGKILL what lingers of it."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    with contextlib.suppress(ProcessLookupError):  # a child of the group still there
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
 @dataclass(frozen=True)
@@ -131,7 +115,7 @@ def dask_cluster(prefect_server: dict[str, str], tmp_path_factory: pytest.TempPa
         raise
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            stop_group(proc)
 
 
 def _crav_run(cohort: Cohort, out: Path, env: dict[str, str], *extra: str) -> subprocess.Popen[bytes]:
@@ -147,7 +131,7 @@ def _finish(proc: subprocess.Popen[bytes], out: Path, t0: float) -> int:
     try:
         code = proc.wait(timeout=max(1.0, RUN_TIMEOUT_S - (time.monotonic() - t0)))
     except subprocess.TimeoutExpired:
-        _stop(proc)
+        stop_group(proc)
         pytest.fail(f"crav run into {out} did not finish within {RUN_TIMEOUT_S} s:\n"
                     f"{_tail(out.with_name(out.name + '.log'))}")
     print(f"crav run into {out.name}: exit {code}, {time.monotonic() - t0:.0f} s")
@@ -216,7 +200,7 @@ def test_two_dask_workers_compute_each_patient_once_with_the_results_of_one_proc
             code_dask, code_ref = _finish(dask, out_dask, t0), _finish(ref, out_ref, t0)
         finally:
             for proc in (ref, dask):  # the one still running when the other failed; what either left behind
-                _stop(proc)
+                stop_group(proc)
     records: list[dict[str, Any]] = stream.data  # collected when the block ends
 
     # the same results, exit code and problems; every patient computed

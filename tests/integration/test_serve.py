@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from processes import stop_group
 
 P1, P2 = "CRAV-20211001", "CRAV-20211002"
 DEPLOYMENT = "crav-run/crav-test"
@@ -80,12 +81,7 @@ def served(prefect_server: dict[str, str], repo_root: Path, tmp_path: Path) -> I
         try:
             yield export, out, log
         finally:  # Ctrl-C; a flow run in progress may hold it up: then the process group is killed
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_group(proc, signal.SIGINT, grace_s=60)
 
 
 def test_scheduled_runs_process_what_is_new_and_one_patient_reruns(
