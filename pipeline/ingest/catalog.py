@@ -19,7 +19,7 @@ import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,8 @@ class PatientIndex:
     studies: tuple[StudyRecord, ...]
     series_files: dict[str, tuple[Path, ...]]  # series_uid -> readable files, one per SOPInstanceUID
     missing_reason: str | None = None  # why the patient has no usable series (None when it has some)
+    file_sha256: dict[Path, str] = field(default_factory=dict)  # content digests known to the catalog (provenance)
+    root: Path | None = None  # the export folder the paths lie in (provenance records paths relative to it)
 
     def files(self, series_uid: str) -> list[Path]:
         return list(self.series_files.get(series_uid, ()))
@@ -180,8 +182,12 @@ class Catalog:
         if not series:
             why = self.unknown_patients([patient_id]).get(patient_id, "no usable DICOM series")
             return PatientIndex(patient_id, (), (), {}, why)
+        digests = {Path(_py_path(path)): digest for path, digest in self._db.execute(
+            "SELECT path, sha256 FROM files WHERE patient_id = ? AND status IN ('indexed', 'ignored') "
+            "AND sha256 IS NOT NULL", (patient_id,))}
         return PatientIndex(patient_id, series, tuple(self.studies(patient_id)),
-                            {s.series_uid: tuple(self.files(s.series_uid)) for s in series})
+                            {s.series_uid: tuple(self.files(s.series_uid)) for s in series},
+                            file_sha256=digests)
 
     def headers(self, series_uid: str) -> list[dict[str, Any]]:
         """Stored header fields of the files of a series (one per SOPInstanceUID)."""

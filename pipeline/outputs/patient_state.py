@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -19,22 +19,24 @@ from typing import Any
 from pipeline.domain import Lesion, LesionResult, Outcome, Visit, VisitMeasurement
 from pipeline.outputs.atomic import atomic_write_text
 
-STATE_VERSION = 2  # 2: inputs by content digest
+STATE_VERSION = 3  # 2: inputs by content digest; 3: overlays, DICOM SEG/SR, report, provenance, QA corrections
 
 
 def fingerprint(inputs: Iterable[str], lesions: Sequence[Lesion], settings: dict[str, Any],
-                software_version: str) -> str:
+                software_version: str, corrections: Mapping[str, Any] | None = None) -> str:
     """SHA-256 of everything one patient's results depend on.
 
     ``inputs`` are the content digests of the patient's files (see
     :func:`pipeline.ingest.digests.input_digests`); neither their order nor the files' names or
-    modification times matter.
+    modification times matter. ``corrections``: lesion_id -> the QA corrections in force (JSON
+    form); a reviewer's new correction recomputes the patient.
     """
     payload = {
         "state_version": STATE_VERSION,
         "software": software_version,
         "settings": settings,
         "inputs": sorted(inputs),
+        "corrections": {k: corrections[k] for k in sorted(corrections or {})},
         "lesions": sorted([les.lesion_id, les.level, les.procedure_date.isoformat(), sorted(les.extra.items())]
                           for les in lesions),
     }

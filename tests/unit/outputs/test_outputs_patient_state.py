@@ -22,6 +22,12 @@ def test_fingerprint_changes_with_each_input_and_not_with_file_order() -> None:
     assert fingerprint(FILES, [dataclasses.replace(LESION, level="L3")], SETTINGS, "1.0") != base
     assert fingerprint(FILES, [LESION], {"j0_residual_ml": 0.3}, "1.0") != base
     assert fingerprint(FILES, [LESION], SETTINGS, "1.1") != base
+    # a QA reviewer's corrections recompute the patient; none at all is the same as no corrections argument
+    assert fingerprint(FILES, [LESION], SETTINGS, "1.0", {}) == base
+    moved = fingerprint(FILES, [LESION], SETTINGS, "1.0", {"P-1-L2": {"exclude_visits": [], "seed_mm": [1, 2, 3]}})
+    assert moved != base
+    assert fingerprint(FILES, [LESION], SETTINGS, "1.0", {"P-1-L2": {"exclude_visits": ["M3"], "seed_mm": None}}
+                       ) not in (base, moved)
 
 
 def test_round_trip_is_exact_and_a_stale_or_broken_state_is_ignored(tmp_path: Path) -> None:
