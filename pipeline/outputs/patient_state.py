@@ -36,7 +36,7 @@ def fingerprint(inputs: Iterable[str], lesions: Sequence[Lesion], settings: dict
         "software": software_version,
         "settings": settings,
         "inputs": sorted(inputs),
-        "corrections": {k: corrections[k] for k in sorted(corrections or {})},
+        "corrections": dict(corrections or {}),  # json.dumps sorts the keys
         "lesions": sorted([les.lesion_id, les.level, les.procedure_date.isoformat(), sorted(les.extra.items())]
                           for les in lesions),
     }
