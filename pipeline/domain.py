@@ -92,6 +92,19 @@ def normalise_level(level: str) -> str:
     )
 
 
+def visit_label(visit: Visit, days_from_procedure: int | None) -> str:
+    """A visit's name in the output folders, the tables and QA corrections: ``J0``, ``M3``, ``UNSCHEDULED_+45d``.
+
+    Example
+    -------
+    >>> visit_label(Visit.M3, 92), visit_label(Visit.UNSCHEDULED, 45)
+    ('M3', 'UNSCHEDULED_+45d')
+    """
+    if visit == Visit.UNSCHEDULED and days_from_procedure is not None:
+        return f"UNSCHEDULED_{days_from_procedure:+d}d"
+    return str(visit.value)
+
+
 def level_index(level: str) -> int:
     """Cranio-caudal rank of a vertebral level (C1 = 0)."""
     return VERTEBRAL_LEVELS.index(normalise_level(level))

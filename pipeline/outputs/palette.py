@@ -31,7 +31,7 @@ STRUCTURES: tuple[Structure, ...] = (
     Structure("vertebra", "Vertebral body", "#0072B2"),  # blue
     Structure("cement", "Cement", "#F0E442"),  # yellow
     Structure("ablation", "Ablation zone", "#E69F00"),  # orange
-    Structure("residual", "Residual enhancing tissue", "#D55E00"),  # vermillion
+    Structure("residual", "Residual enhancing tissue", "#CC79A7"),  # reddish purple: apart from the orange
 )
 
 
