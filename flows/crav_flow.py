@@ -15,7 +15,7 @@ import logging
 import os
 import platform
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from pipeline.outputs.patient_state import fingerprint, load_patient_state
 from pipeline.outputs.tables import write_cohort_summary, write_lesions_csv, write_measurements_csv
 from pipeline.progress import ProgressBar
 from pipeline.response.cohort import cohort_markdown, cohort_table
+from pipeline.review.store import Corrections, ReviewStore, apply_reviews
 from pipeline.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -65,12 +66,12 @@ def scan_step(input_dir: Path, catalog_url: str, settings: Settings) -> ScanRepo
 
 
 def patient_step(index: PatientIndex, lesions: list[Lesion], output_dir: Path, settings: Settings,
-                 fingerprint: str | None) -> PatientOutcome:
+                 fingerprint: str | None, corrections: dict[str, Corrections] | None = None) -> PatientOutcome:
     """One patient's flow; an unexpected error becomes indeterminate results with the reason (the batch goes on)."""
     from flows.patient_flow import patient_flow
 
     try:
-        return patient_flow(index, lesions, output_dir, settings, fingerprint)
+        return patient_flow(index, lesions, output_dir, settings, fingerprint, corrections)
     except Exception as e:  # one patient's failure never stops the batch
         # the type only in the logs (messages can hold paths or header values); the details go to run.json
         log.error("patient processing failed with %s", type(e).__name__)
@@ -129,11 +130,18 @@ def hash_inputs(catalog_url: str, patient_ids: list[str]) -> dict[str, list[str]
         return input_digests(catalog, patient_ids)
 
 
+@io_task("read-review-corrections")
+def review_corrections(catalog_url: str) -> dict[tuple[str, str], Corrections]:
+    """(patient_id, lesion_id) -> the corrections QA reviewers put in force (``crav qa``); part of the fingerprint."""
+    with ReviewStore.open(Path(catalog_url.removeprefix("sqlite:///"))) as store:
+        return store.corrections()
+
+
 @io_task("index-patients")
-def index_patients(catalog_url: str, patient_ids: list[str]) -> dict[str, PatientIndex]:
+def index_patients(catalog_url: str, patient_ids: list[str], input_dir: Path | None = None) -> dict[str, PatientIndex]:
     """Each patient's series and files, read from the catalog once, for tasks that may run elsewhere."""
     with Catalog.open(catalog_url) as catalog:
-        return {pid: catalog.patient_index(pid) for pid in patient_ids}
+        return {pid: replace(catalog.patient_index(pid), root=input_dir) for pid in patient_ids}
 
 
 process_patient_task = task(name="process-patient", cache_policy=NO_CACHE)(patient_step)
@@ -156,6 +164,7 @@ def cohort_report(output_dir: Path, report: CohortReport, catalog_url: str, read
     """Write lesions.csv, measurements.csv, cohort_summary, files.csv and run.json (each atomically)."""
     write_lesions_csv(output_dir / "lesions.csv", report.results)
     write_measurements_csv(output_dir / "measurements.csv", report.rows)
+    apply_reviews(output_dir)  # the QA reviewers' verdicts on results that are still the ones they saw
     table = cohort_summary_table(report.results, report.last_follow_up, reads, report.problems)
     write_cohort_summary(output_dir, table, cohort_markdown(table))
     atomic_write_text(output_dir / "files.csv", _file_accounting_csv(catalog_url))
@@ -234,6 +243,7 @@ def _run_locked(input_dir: Path, output_dir: Path, registry: Path, patients: lis
     if unknown:
         problems.append(f"--patient {', '.join(unknown)}: not in {registry.name}; nothing to do for them")
     digests = hash_inputs(catalog_url, sorted(p for p in by_patient if not patients or p in patients))
+    corrections = review_corrections(catalog_url)
     analysis_settings = settings.analysis_dict()
     report = CohortReport([], [], {}, problems, {}, {
         "started": started, "input": str(input_dir.resolve()), "registry": str(registry.resolve()),
@@ -252,8 +262,12 @@ def _run_locked(input_dir: Path, output_dir: Path, registry: Path, patients: lis
         report.problems.extend(saved[3])
 
     todo: dict[str, str] = {}
+    todo_fixes: dict[str, dict[str, Corrections]] = {}
     for pid, patient_lesions in sorted(by_patient.items()):
-        fp = fingerprint(digests.get(pid, []), patient_lesions, analysis_settings, __version__)
+        fixes = {les.lesion_id: corrections[(pid, les.lesion_id)] for les in patient_lesions
+                 if corrections.get((pid, les.lesion_id))}
+        fp = fingerprint(digests.get(pid, []), patient_lesions, analysis_settings, __version__,
+                         {lid: c.to_json() for lid, c in fixes.items()})
         state = output_dir / "patients" / safe_path_component(pid) / "state.json"
         if patients and pid not in patients:  # --patient: the others keep their previous results
             kept = load_patient_state(state, None)
@@ -272,10 +286,11 @@ def _run_locked(input_dir: Path, output_dir: Path, registry: Path, patients: lis
         report.decisions[pid] = ("recomputed: --force" if force else "recomputed: no previous results"
                                  if not state.exists() else "recomputed: inputs, registry rows or settings changed")
         todo[pid] = fp
+        todo_fixes[pid] = fixes
     log.info("%d patient(s) unchanged and reused, %d to compute", len(by_patient) - len(todo), len(todo))
-    indices = index_patients(catalog_url, sorted(todo))
+    indices = index_patients(catalog_url, sorted(todo), input_dir)
     futures: dict[PrefectFuture[PatientOutcome], str] = {
-        process_patient_task.submit(indices[pid], by_patient[pid], output_dir, settings, fp): pid
+        process_patient_task.submit(indices[pid], by_patient[pid], output_dir, settings, fp, todo_fixes[pid]): pid
         for pid, fp in todo.items()}
     outcomes: dict[str, PatientOutcome] = {}
     progress = ProgressBar("patients", min_total=1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -16,19 +17,20 @@ from typing import Protocol
 import numpy as np
 import SimpleITK as sitk
 
+from flows.patient_outputs import LesionWritten, write_lesion, write_patient_documents
 from pipeline.domain import Lesion, LesionResult, Outcome, SeriesRole, Visit, VisitMeasurement, level_index
 from pipeline.ingest.catalog import PatientIndex, SeriesRecord
 from pipeline.ingest.visits import VisitAssignment, assign_visits
 from pipeline.ingest.volumes import VolumeError, load_dynamic, load_volume
-from pipeline.outputs.nifti import write_mask_nifti
-from pipeline.outputs.paths import safe_path_component
-from pipeline.outputs.transforms import write_transform
-from pipeline.response import classify, dce_region, enhancement, height
+from pipeline.response import dce_region, enhancement, height
+from pipeline.review.store import Corrections
 from pipeline.segmentation import ablation, cement, registration, vertebra
 from pipeline.segmentation.common import mask_image, overlap_share, physical_coordinates
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
+
+_REVIEW_SEED_RADIUS_MM = 5.0  # a reviewer's seed point grows the vertebral body from a ball this size
 
 
 @dataclass
@@ -52,6 +54,7 @@ class StudyImages:
     time_to_peak_s: np.ndarray | None = None
     stir_on_dce: sitk.Image | None = None
     dce_array: np.ndarray | None = None  # phases as one (T, z, y, x) array, made once per study
+    t1_files: tuple[Path, ...] = ()  # the T1's DICOM files: the source images of the DICOM SEG
 
 
 @dataclass
@@ -128,7 +131,8 @@ def load_study(catalog: SeriesFiles, study_uid: str, study_date: dt.date | None,
     if phases is not None and not _same_space(t1_rec, t1, dce[0], phases[0], "DCE", notes):
         phases = times = None
         used.pop("DCE", None)
-    return StudyImages(study_uid, study_date, t1, stir, phases, times, used, tr_s, flip_deg, notes)
+    return StudyImages(study_uid, study_date, t1, stir, phases, times, used, tr_s, flip_deg, notes,
+                       t1_files=tuple(catalog.files(t1_rec.series_uid)))
 
 
 def _same_space(t1_rec: SeriesRecord, t1: sitk.Image, rec: SeriesRecord, image: sitk.Image, name: str,
@@ -299,10 +303,16 @@ class PatientPlan:
     vertebral: list[Lesion]  # every vertebral lesion of the patient (the cement masses are shared by level)
     done: list[LesionResult]  # lesions already decided without images (non-vertebral, no J0 study, no series)
     problems: list[str] = field(default_factory=list)
+    corrections: dict[str, Corrections] = field(default_factory=dict)  # lesion_id -> a QA reviewer's corrections
 
 
-def plan_patient(index: PatientIndex, lesions: list[Lesion]) -> PatientPlan:
-    """The studies each lesion's visits need, from the catalog's index alone (no image is read)."""
+def plan_patient(index: PatientIndex, lesions: list[Lesion],
+                 corrections: Mapping[str, Corrections] | None = None) -> PatientPlan:
+    """The studies each lesion's visits need, from the catalog's index alone (no image is read).
+
+    ``corrections``: lesion_id -> what a QA reviewer corrected (a moved vertebra seed is used by
+    :func:`analyse_lesion`, excluded visits by :func:`write_lesion`).
+    """
     if not index.series:
         reason = f"{index.missing_reason or 'no usable DICOM series'}: check the registry's patient_id against " \
                  "the PACS export"
@@ -311,7 +321,8 @@ def plan_patient(index: PatientIndex, lesions: list[Lesion]) -> PatientPlan:
     mr_dates = {st.study_uid: st.study_date for st in index.studies
                 if any(s.study_uid == st.study_uid and s.role == SeriesRole.T1 for s in index.series)}
     ordered = sorted(lesions, key=lambda les: (level_index(les.level) if les.is_vertebral else 99, les.lesion_id))
-    plan = PatientPlan(index.patient_id, [], {}, {}, [les for les in ordered if les.is_vertebral], [])
+    plan = PatientPlan(index.patient_id, [], {}, {}, [les for les in ordered if les.is_vertebral], [],
+                       corrections=dict(corrections or {}))
     dates = {uid: d for uid, d in mr_dates.items() if d is not None}
     for les in ordered:
         if not les.is_vertebral:
@@ -375,17 +386,27 @@ def analyse_lesion(les: Lesion, plan: PatientPlan, images: dict[str, StudyImages
     masses = j0_img.cement.masses
     same_day = [x for x in plan.vertebral if x.procedure_date == les.procedure_date]
     rank = same_day.index(les)
-    if len(masses) < len(same_day):
+    seed_mm = plan.corrections[les.lesion_id].seed_mm if les.lesion_id in plan.corrections else None
+    if seed_mm is not None and masses:  # a reviewer placed the seed: the cement mass nearest to it is this level's
+        j0_mass = min(masses, key=lambda m: float(np.linalg.norm(np.subtract(m.centroid_mm, seed_mm))))
+    elif len(masses) < len(same_day):
         return _indeterminate(les, f"J0: {len(masses)} cement mass(es) for {len(same_day)} treated level(s) "
                                    f"({j0_img.cement.reason})")
-    chosen = sorted(sorted(masses, key=lambda m: -m.volume_ml)[: len(same_day)], key=lambda m: -m.centroid_mm[2])
-    j0_mass = chosen[rank]
+    else:
+        chosen = sorted(sorted(masses, key=lambda m: -m.volume_ml)[: len(same_day)],
+                        key=lambda m: -m.centroid_mm[2])
+        j0_mass = chosen[rank]
     problems: list[str] = []
     per_visit: list[LesionVisitResult] = []
     j0_lv = LesionVisitResult(visits[j0_uid], j0_img, cement_mask=j0_mass.mask)
-    if len(masses) > len(same_day):
+    body_seed = j0_mass.mask
+    if seed_mm is not None:
+        body_seed = _sphere_seed(j0_img.t1, seed_mm, _REVIEW_SEED_RADIUS_MM)
+        j0_lv.notes.append("vertebral body seeded at the point a QA reviewer placed "
+                           f"({seed_mm[0]:.1f}, {seed_mm[1]:.1f}, {seed_mm[2]:.1f}) mm")
+    elif len(masses) > len(same_day):
         j0_lv.notes.append(f"{len(masses)} cement masses for {len(same_day)} level(s): the largest kept")
-    _analyse(j0_lv, j0_mass.mask, False, None, None, settings)
+    _analyse(j0_lv, body_seed, False, None, None, settings)
     for uid, assign in sorted(visits.items(), key=lambda kv: kv[1].days_from_procedure):
         if uid == j0_uid:
             per_visit.append(j0_lv)
@@ -420,23 +441,6 @@ def analyse_lesion(les: Lesion, plan: PatientPlan, images: dict[str, StudyImages
     return LesionAnalysis(les, per_visit, j0_lv, problems)
 
 
-@dataclass
-class LesionWritten:
-    """One lesion's verdict, table rows and last follow-up date, and the files written for it."""
-
-    result: LesionResult
-    rows: list[VisitMeasurement]
-    last_follow_up: dt.date | None
-    files: list[Path]
-
-
-def write_lesion(analysis: LesionAnalysis, out_dir: Path, settings: Settings) -> LesionWritten:
-    """Write one lesion's masks and transforms; classify it."""
-    res, rows, files = _lesion_outputs(analysis.lesion, analysis.per_visit, analysis.j0, out_dir, settings)
-    fu = [lv.study.study_date for lv in analysis.per_visit if lv.visit.visit.is_follow_up and lv.study.study_date]
-    return LesionWritten(res, rows, max(fu) if fu else None, files)
-
-
 def prune_patient_folder(folder: Path, keep: set[Path]) -> list[Path]:
     """Delete the files under a patient's output folder that its latest analysis did not write.
 
@@ -457,6 +461,12 @@ def prune_patient_folder(folder: Path, keep: set[Path]) -> list[Path]:
     return removed
 
 
+def excluded_visits(plan: PatientPlan, les: Lesion) -> frozenset[str]:
+    """The visit labels of ``les`` a QA reviewer excluded from its verdict."""
+    corr = plan.corrections.get(les.lesion_id)
+    return frozenset(corr.exclude_visits) if corr is not None else frozenset()
+
+
 def is_post_treatment(plan: PatientPlan, study_uid: str) -> bool:
     """True when some lesion sees the study on or after its procedure (its DCE will be analysed)."""
     return any(uid == study_uid and a.days_from_procedure >= 0 for v in plan.visits.values() for uid, a in v.items())
@@ -474,18 +484,20 @@ def assemble_outcome(plan: PatientPlan, images: dict[str, StudyImages | str],
             continue
         results.append(item.result)
         measurements.extend(item.rows)
+        extra_problems = [*extra_problems, *item.problems]
         if item.last_follow_up is not None:
             last_fu[item.result.lesion.lesion_id] = item.last_follow_up
     used = sorted({u for im in images.values() if not isinstance(im, str) for u in im.series_used.values()})
     return PatientOutcome(plan.patient_id, results, measurements, plan.problems + extra_problems, last_fu, used)
 
 
-def process_patient(index: PatientIndex, lesions: list[Lesion], out_dir: Path, settings: Settings) -> PatientOutcome:
+def process_patient(index: PatientIndex, lesions: list[Lesion], out_dir: Path, settings: Settings,
+                    corrections: Mapping[str, Corrections] | None = None) -> PatientOutcome:
     """Analyse every registry lesion of one patient in one thread (the Prefect flow runs the same steps as tasks).
 
     Never raises for bad images: the reasons are kept in the results and problems.
     """
-    plan = plan_patient(index, lesions)
+    plan = plan_patient(index, lesions, corrections)
     images = {uid: prepare_study(read_study(index, uid, date), settings, is_post_treatment(plan, uid))
               for uid, date in plan.study_dates.items()}
     analysed: list[LesionResult | LesionWritten] = []
@@ -496,8 +508,10 @@ def process_patient(index: PatientIndex, lesions: list[Lesion], out_dir: Path, s
             analysed.append(a)
         else:
             problems.extend(a.problems)
-            analysed.append(write_lesion(a, out_dir, settings))
-    return assemble_outcome(plan, images, analysed, problems)
+            analysed.append(write_lesion(a, out_dir, settings, excluded_visits(plan, les)))
+    outcome = assemble_outcome(plan, images, analysed, problems)
+    write_patient_documents(index, plan, images, analysed, outcome, out_dir, settings)
+    return outcome
 
 
 def _same_level_mass(masses: list[cement.CementMass], n_levels: int, rank: int,
@@ -522,64 +536,3 @@ def _same_level_mass(masses: list[cement.CementMass], n_levels: int, rank: int,
 
 def _indeterminate(les: Lesion, reason: str) -> LesionResult:
     return LesionResult(les, None, None, Outcome.INDETERMINATE, None, None, None, None, reason)
-
-
-def _lesion_outputs(les: Lesion, per_visit: list[LesionVisitResult], j0: LesionVisitResult, out_dir: Path,
-                    settings: Settings) -> tuple[LesionResult, list[VisitMeasurement], list[Path]]:
-    rows: list[VisitMeasurement] = []
-    files: list[Path] = []
-    summaries: list[classify.VisitSummary] = []
-    folder = out_dir / "patients" / safe_path_component(les.patient_id) / safe_path_component(les.lesion_id)
-    for lv in per_visit:
-        m = lv.measurement
-        loss_pct = loss_mm = None
-        if lv.heights is not None and j0.heights is not None:
-            loss_pct = height.height_loss_pct(j0.heights, lv.heights)
-            loss_mm = height.height_loss_mm(j0.heights, lv.heights)
-        tp = lv.visit.visit
-        vdir = folder / (tp.value if tp != Visit.UNSCHEDULED else f"UNSCHEDULED_{lv.visit.days_from_procedure:+d}d")
-        masks = {"vertebra": lv.body, "cement": lv.cement_mask, "residual": lv.residual, "ablation": lv.ablation}
-        for name, mask in masks.items():
-            if isinstance(mask, sitk.Image):
-                write_mask_nifti(vdir / f"{name}.nii.gz", mask)
-                files.append(vdir / f"{name}.nii.gz")
-        if lv.to_j0 is not None:
-            files.append(write_transform(vdir / "to_j0.tfm", lv.to_j0))
-        qa = "needs_review" if lv.notes or lv.study.notes else "pending"
-        grade = m.get("genant_grade")
-        genant = grade if isinstance(grade, int) else None
-        rows.append(VisitMeasurement(
-            patient_id=les.patient_id, lesion_id=les.lesion_id, timepoint=tp, study_date=lv.study.study_date,
-            days_from_procedure=lv.visit.days_from_procedure,
-            cement_volume_ml=_f(m.get("cement_volume_ml")),
-            residual_enhancing_volume_ml=_f(m.get("residual_enhancing_volume_ml")),
-            ablation_zone_volume_ml=_f(m.get("ablation_zone_volume_ml")),
-            max_relative_enhancement=_f(m.get("max_relative_enhancement")),
-            time_to_peak_s=_f(m.get("time_to_peak_s")), ktrans_per_min=_f(m.get("ktrans_per_min")),
-            height_anterior_mm=_f(m.get("height_anterior_mm")), height_middle_mm=_f(m.get("height_middle_mm")),
-            height_posterior_mm=_f(m.get("height_posterior_mm")), height_loss_pct=loss_pct,
-            genant_grade=genant,
-            registration_error_mm=_f(m.get("registration_error_mm")), qa_status=qa,
-            notes=tuple(lv.notes + lv.study.notes),
-        ))
-        summaries.append(classify.VisitSummary(
-            visit=tp, days_from_procedure=lv.visit.days_from_procedure,
-            residual_ml=_f(m.get("residual_enhancing_volume_ml")), new_nodule_ml=lv.new_nodule_ml,
-            height_loss_pct=loss_pct, height_loss_mm=loss_mm,
-            genant_grade=genant,
-        ))
-    verdict = classify.classify_lesion(summaries, settings=settings)
-    result = LesionResult(les, verdict.j0_residual, verdict.j0_residual_volume_ml, verdict.outcome,
-                          verdict.failure_timepoint, verdict.baseline_fracture, verdict.height_loss,
-                          verdict.max_height_loss_pct, verdict.reason)
-    return result, rows, files
-
-
-def _f(x: object) -> float | None:
-    if x is None:
-        return None
-    try:
-        v = float(x)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return v if np.isfinite(v) else None

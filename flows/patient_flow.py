@@ -24,21 +24,22 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.patient import (
     LesionAnalysis,
-    LesionWritten,
     PatientOutcome,
     analyse_lesion,
     assemble_outcome,
+    excluded_visits,
     is_post_treatment,
     plan_patient,
     prepare_study,
     prune_patient_folder,
     read_study,
-    write_lesion,
 )
+from flows.patient_outputs import LesionWritten, write_lesion, write_patient_documents
 from pipeline.domain import Lesion, LesionResult
 from pipeline.ingest.catalog import PatientIndex
 from pipeline.outputs.paths import safe_path_component
 from pipeline.outputs.patient_state import save_patient_state
+from pipeline.review.store import Corrections
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ analyse_lesion_task = task(name="analyse-lesion", cache_policy=NO_CACHE)(analyse
 write_lesion_task = io_task("write-lesion")(write_lesion)
 save_state_task = io_task("save-patient-state")(save_patient_state)
 prune_task = io_task("prune-patient-folder")(prune_patient_folder)
+write_documents_task = io_task("write-report")(write_patient_documents)
 
 # visits of one patient read and prepared two at a time: the machine's patients already share its cores
 _VISITS_IN_PARALLEL = 2
@@ -83,14 +85,14 @@ _VISITS_IN_PARALLEL = 2
 @flow(name="crav-patient", task_runner=thread_runner(_VISITS_IN_PARALLEL), log_prints=False,
       validate_parameters=False, persist_result=False)
 def patient_flow(index: PatientIndex, lesions: list[Lesion], output_dir: Path, settings: Settings,
-                 fingerprint: str | None = None) -> PatientOutcome:
+                 fingerprint: str | None = None, corrections: dict[str, Corrections] | None = None) -> PatientOutcome:
     """One patient end to end, into ``output_dir/patients/<patient>/``.
 
     Files an earlier analysis left there and this one did not write are deleted; with a
     ``fingerprint``, ``state.json`` is saved last (the incremental runs reuse it), so a patient
     killed midway has no state and is analysed again by the next run.
     """
-    plan = plan_patient(index, lesions)
+    plan = plan_patient(index, lesions, corrections)
     prepared = {uid: prepare_visit.submit(read_visit.submit(index, uid, date), settings,
                                           is_post_treatment(plan, uid))
                 for uid, date in plan.study_dates.items()}
@@ -101,13 +103,14 @@ def patient_flow(index: PatientIndex, lesions: list[Lesion], output_dir: Path, s
         a = analyse_lesion_task(les, plan, images, settings)
         if isinstance(a, LesionAnalysis):
             problems.extend(a.problems)
-            analysed.append(write_lesion_task(a, output_dir, settings))
+            analysed.append(write_lesion_task(a, output_dir, settings, excluded_visits(plan, les)))
         else:
             analysed.append(a)
     outcome = assemble_outcome(plan, images, analysed, problems)
+    documents = write_documents_task(index, plan, images, analysed, outcome, output_dir, settings)
     images.clear()  # the volumes go with this flow: nothing of them outlives the patient
     folder = output_dir / "patients" / safe_path_component(index.patient_id)
-    written = {f for item in analysed if isinstance(item, LesionWritten) for f in item.files}
+    written = {f for item in analysed if isinstance(item, LesionWritten) for f in item.files} | set(documents)
     prune_task(folder, written)
     if fingerprint is not None:
         save_state_task(folder / "state.json", fingerprint, outcome.results, outcome.measurements,

@@ -272,6 +272,23 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return EXIT_PROBLEMS if status.needs_a_look else EXIT_OK
 
 
+def _cmd_qa(args: argparse.Namespace) -> int:
+    output_dir: Path = _existing_dir(args.output, "output folder")
+    for name in ("lesions.csv", "catalog.sqlite"):
+        if not (output_dir / name).is_file():
+            raise UsageError(f"{output_dir} holds no {name}: give the output folder of a crav run")
+    server = _import("pipeline.review.server", "qa")
+    try:
+        server.serve(output_dir.resolve(), host=args.host, port=args.port, token=args.token,
+                     reviewer=args.reviewer or "")
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(str(exc)) from exc
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}): "
+                         "give another --port") from exc
+    return EXIT_OK
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     results: Path | None = args.results
     if args.results_dir is not None:
@@ -423,6 +440,25 @@ def build_parser() -> argparse.ArgumentParser:
                     "quarantined, as for crav run.")
     p.add_argument("--output", type=Path, required=True, metavar="DIR", help="output folder of crav run")
     p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser(
+        "qa", help="serve the QA review page of an output folder (accept / reject each lesion)",
+        description="Serve a local web page to review the results of crav run: every lesion with its status, "
+                    "its timeline montage and overlays, measurements and reason; accept or reject it (a "
+                    "rejection needs a comment), optionally excluding visits or moving the vertebra seed. "
+                    "Verdicts are stored in the catalog and shown in measurements.csv (qa_status); the next "
+                    "crav run re-processes a lesion whose corrections changed. Bound to 127.0.0.1 by default; "
+                    "bound to another address, the page needs a token (--token, env CRAV_QA_TOKEN, or a "
+                    "generated one printed in the URL). Ctrl-C stops it.")
+    p.add_argument("--output", type=Path, required=True, metavar="DIR", help="output folder of crav run")
+    p.add_argument("--host", default="127.0.0.1", metavar="ADDR",
+                   help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8765, metavar="N", help="TCP port (default 8765; 0: any free port)")
+    p.add_argument("--token", metavar="TOKEN",
+                   help="access token (16+ letters, digits or ._~-); required off 127.0.0.1, where it defaults to "
+                        "env CRAV_QA_TOKEN or a generated one")
+    p.add_argument("--reviewer", metavar="NAME", help="reviewer name pre-filled in the review form")
+    p.set_defaults(func=_cmd_qa)
 
     p = sub.add_parser(
         "evaluate", help="compare results with a phantom's truth or with a reference read",

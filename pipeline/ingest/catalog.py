@@ -80,6 +80,9 @@ class PatientIndex:
         return [p for s in members for p in self.files(s.series_uid)]
 
 
+_BUSY_TIMEOUT_S = 30.0  # how long a connection waits for another one's write to end
+
+
 class Catalog:
     """The export folder's catalog in one SQLite database.
 
@@ -91,18 +94,29 @@ class Catalog:
         self.location = location
 
     @classmethod
-    def open(cls, url: str | Path) -> Catalog:
+    def open(cls, url: str | Path, *, read_only: bool = False) -> Catalog:
         """Open (creating if needed) the catalog at ``sqlite:///path`` or a plain path.
+
+        ``read_only``: open an existing catalog for reading only (the review page): nothing is
+        written, and with the WAL journal a run writing at the same time does not block it.
 
         Raises
         ------
         ValueError
             If the URL is not a SQLite URL.
+        FileNotFoundError
+            With ``read_only``, when there is no catalog there.
         """
         location = _path_from_url(url)
+        if read_only:
+            if not Path(location).is_file():
+                raise FileNotFoundError(f"no catalog at {location}: run `crav run` on this output folder first")
+            ro = sqlite3.connect(f"{Path(location).resolve().as_uri()}?mode=ro", uri=True, timeout=_BUSY_TIMEOUT_S)
+            ro.row_factory = sqlite3.Row
+            return cls(ro, location)
         if location != ":memory:":
             Path(location).parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(location)
+        db = sqlite3.connect(location, timeout=_BUSY_TIMEOUT_S)
         db.row_factory = sqlite3.Row
         if location != ":memory:":
             db.execute("PRAGMA journal_mode=WAL")

@@ -13,7 +13,7 @@ import pytest
 
 from pipeline import cli
 
-COMMANDS = ["phantom", "scan", "run", "status", "evaluate"]
+COMMANDS = ["phantom", "scan", "run", "status", "evaluate", "qa"]
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
