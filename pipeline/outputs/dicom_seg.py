@@ -46,11 +46,11 @@ from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
 from pipeline.domain import normalise_level
+from pipeline.ingest.source_series import read_source_series
 from pipeline.outputs.dicom_common import (
     MANUFACTURER,
     content_digest,
     deterministic_uid,
-    read_source_series,
     save_dataset,
     series_number,
     silence_person_name_warning,
@@ -232,7 +232,7 @@ def write_seg(
         If a mask name is unknown, a mask is not binary or not on the reference grid, no mask
         is given, ``timepoint`` / ``lesion_id`` is empty or ``timepoint`` longer than 64
         characters, ``level`` is unknown, or the source files are not the reference's series
-        (see :func:`pipeline.outputs.dicom_common.read_source_series`).
+        (see :func:`pipeline.ingest.source_series.read_source_series`).
     """
     if not lesion_id.strip():
         raise ValueError("lesion_id is empty")

@@ -42,13 +42,13 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from pipeline.domain import Lesion, Visit, VisitMeasurement, normalise_level
+from pipeline.ingest.source_series import read_headers
 from pipeline.outputs.dicom_common import (
     MANUFACTURER,
     PRIVATE_SCHEME,
     content_digest,
     deterministic_uid,
     private_code,
-    read_headers,
     save_dataset,
     series_number,
     silence_person_name_warning,
