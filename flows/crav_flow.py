@@ -284,7 +284,8 @@ def _run_locked(input_dir: Path, output_dir: Path, registry: Path, patients: lis
             carry(cached)
             continue
         report.decisions[pid] = ("recomputed: --force" if force else "recomputed: no previous results"
-                                 if not state.exists() else "recomputed: inputs, registry rows or settings changed")
+                                 if not state.exists() else
+                                 "recomputed: inputs, registry rows, settings or QA corrections changed")
         todo[pid] = fp
         todo_fixes[pid] = fixes
     log.info("%d patient(s) unchanged and reused, %d to compute", len(by_patient) - len(todo), len(todo))

@@ -5,7 +5,8 @@ PatientName is processed by ``crav run`` (one patient, two lesions, to keep CI t
 serves the output folder in a subprocess. A reviewer filters the list, opens a lesion, sees its
 montage and overlays, accepts it with the keyboard, moves to the next lesion, rejects it with a
 comment, an excluded visit and a seed clicked on the J0 overlay; after a reload both verdicts are
-there, in measurements.csv too, and no script from the headers ever ran.
+there, in measurements.csv too, and no script from the headers ever ran. The next ``crav run``
+re-processes the rejected lesion with those corrections, and keeps the accepted one's verdict.
 """
 
 from __future__ import annotations
@@ -206,5 +207,28 @@ def test_review_in_a_browser(run_output: tuple[Path, Path], qa_url: str, browser
         page.keyboard.press("n")
     assert page.locator("#lesion-id").text_content() == first_pending
     assert problems == [], problems
+    page.close()
+    check_outputs(out, registry=export / "treatments.csv")
+
+    # the next run re-processes the rejected lesion with its corrections; the accepted one keeps its verdict
+    accepted_before = [r for r in _rows(out / "measurements.csv") if r["lesion_id"] == L1]
+    proc = subprocess.run([_bin("crav"), "run", "--input", str(export), "--output", str(out), "--patient", PATIENT,
+                           "--quiet-period", "0"], capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]
+    decision = json.loads((out / "run.json").read_text(encoding="utf-8"))["patients"][PATIENT]
+    assert decision == "recomputed: inputs, registry rows, settings or QA corrections changed"
+    after = {visit_label(r["timepoint"], r["days_from_procedure"]): r
+             for r in _rows(out / "measurements.csv") if r["lesion_id"] == L2}
+    assert after["M1"]["qa_status"] == "excluded" and "excluded from the verdict by a QA review" in after["M1"]["notes"]
+    assert "vertebral body seeded at the point a QA reviewer placed" in after["J0"]["notes"]
+    # new results: the rejection no longer applies, the lesion waits for a new review
+    assert {r["qa_status"] for label, r in after.items() if label != "M1"} <= {"pending", "needs_review"}
+    assert [r for r in _rows(out / "measurements.csv") if r["lesion_id"] == L1] == accepted_before  # still accepted
+    provenance = json.loads((folder.parent / "provenance.json").read_text(encoding="utf-8"))
+    fixes = {les["lesion_id"]: les["qa_corrections"] for les in provenance["lesions"]}
+    assert fixes[L1] is None and fixes[L2]["exclude_visits"] == ["M1"] and len(fixes[L2]["seed_mm"]) == 3
+    page = browser.new_page()
+    page.goto(qa_url + "/?q=20211002")
+    assert _statuses(page) == {L1: "accepted", L2: "needs_review"}
     page.close()
     check_outputs(out, registry=export / "treatments.csv")
