@@ -407,7 +407,7 @@ def test_a_file_being_copied_is_left_for_the_next_run(sample: Sample, clean: tup
         assert _files_csv(out)[str(copying)]["status"] == "indexed"
         scan = _run_record(out)["scan"]
         assert isinstance(scan, dict) and (scan["arriving"], scan["new"], scan["changed"]) == (0, 1, 0), scan
-        assert _decision(out) == "recomputed: inputs, registry rows or settings changed"
+        assert _decision(out) == "recomputed: inputs, registry rows, settings or QA corrections changed"
         assert_same_results(clean[0], out)
         check_outputs(out, registry=sample.registry)
     finally:  # the export is shared by the module's tests

@@ -58,7 +58,7 @@ def test_unchanged_patients_are_reused_and_changed_ones_recomputed(repo_root: Pa
     # a file of this patient changes (a header value re-sent by the PACS): the patient is recomputed
     touch_header(p1_file)
     run_export(export, out, patients=[P1], overrides=quiet)
-    assert _decisions(out)[P1] == "recomputed: inputs, registry rows or settings changed"
+    assert _decisions(out)[P1] == "recomputed: inputs, registry rows, settings or QA corrections changed"
 
     run_export(export, out, patients=[P1], force=True, overrides=quiet)
     assert _decisions(out)[P1] == "recomputed: --force"

@@ -104,7 +104,7 @@ def test_scheduled_runs_process_what_is_new_and_one_patient_reruns(
         t1 = next(s for s in catalog.series(P1) if s.role == SeriesRole.T1)
         p1_file = catalog.files(t1.series_uid)[0]
     touch_header(p1_file)
-    changed = "recomputed: inputs, registry rows or settings changed"
+    changed = "recomputed: inputs, registry rows, settings or QA corrections changed"
     _wait_for(lambda: _decisions(out).get(P1) == changed, 120, "the scheduled run after a change", log)
     assert {v for k, v in _decisions(out).items() if k != P1} == {UNCHANGED}
     assert (out / "lesions.csv").read_bytes() == lesions
