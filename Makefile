@@ -34,7 +34,9 @@ demo: $(STAMP) $(SAMPLE)/treatments.csv
 	echo "  per lesion:      $(DEMO)/lesions.csv"; \
 	echo "  per visit:       $(DEMO)/measurements.csv"; \
 	echo "  cohort table:    $(DEMO)/cohort_summary.md"; \
-	echo "  per patient:     $(DEMO)/patients/<patient_id>/<lesion_id>/<visit>/ (NIfTI masks)"; \
+	echo "  per patient:     $(DEMO)/patients/<patient_id>/report.html (verdicts, plots, overlays, provenance)"; \
+	echo "  per visit:       $(DEMO)/patients/<patient_id>/<lesion_id>/<visit>/ (NIfTI masks, overlay, seg.dcm, sr.dcm)"; \
+	echo "  QA review page:  $(BIN)/crav qa --output $(DEMO)   (then open http://127.0.0.1:8765/)"; \
 	echo "  every input file: $(DEMO)/files.csv (used, ignored or quarantined, with the reason)"; \
 	if [ $$status -eq 1 ]; then echo "The run finished with problems: see the reasons in the files above."; fi
 
