@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import highdicom as hd
+import numpy as np
+import pydicom
 import pytest
+import SimpleITK as sitk
 
 from pipeline.evaluate import evaluate
+from pipeline.outputs.dicom_sr import DCE_REGION, SR_MEASUREMENTS
+from pipeline.outputs.palette import STRUCTURES
+from pipeline.outputs.tables import format_cell
+from pipeline.review.store import visit_label
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +94,74 @@ def test_status_tells_what_the_run_did(sample_run: tuple[Path, int], repo_root: 
     assert cli.main(["status", "--output", str(out)]) == code  # exit 1 exactly when the run's was 1
     text = capsys.readouterr().out
     assert "quiet_period_s = 0.0 (default 60.0)" in text and "3 patient(s):" in text
+
+
+def _seg_masks(path: Path, grid: sitk.Image) -> dict[str, np.ndarray]:
+    """Each segment of a SEG as a mask on ``grid``, frame by frame through its plane position (not its order)."""
+    ds = pydicom.dcmread(path)
+    frames = ds.pixel_array.reshape(int(ds.NumberOfFrames), int(ds.Rows), int(ds.Columns))
+    labels = {int(s.SegmentNumber): str(s.SegmentLabel) for s in ds.SegmentSequence}
+    out = {label: np.zeros(sitk.GetArrayFromImage(grid).shape, bool) for label in labels.values()}
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    for frame, item in zip(frames, ds.PerFrameFunctionalGroupsSequence, strict=True):
+        ident = item if "SegmentIdentificationSequence" in item else shared  # one segment: shared by every frame
+        ipp = [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient]
+        ci = grid.TransformPhysicalPointToContinuousIndex(ipp)
+        k = round(ci[2])
+        assert max(abs(ci[0]), abs(ci[1]), abs(ci[2] - k)) < 1e-2, ci  # the frame is a slice of the T1 grid
+        out[labels[int(ident.SegmentIdentificationSequence[0].ReferencedSegmentNumber)]][k] = frame > 0
+    return out
+
+
+def _on_a_voxel_border(grid: sitk.Image, other: sitk.Image, kji: np.ndarray) -> bool:
+    """True when voxel ``kji`` of ``grid`` is centred on a voxel border of ``other`` (to 1e-3 voxel).
+
+    There nearest-neighbour resampling is a tie, which the NIfTI header's float32 geometry may
+    break the other way than the in-memory grid the SEG was made from.
+    """
+    centre = grid.TransformIndexToPhysicalPoint([int(v) for v in kji[::-1]])
+    ci = np.asarray(other.TransformPhysicalPointToContinuousIndex(centre))
+    return bool(np.any(np.abs(ci - np.floor(ci) - 0.5) < 1e-3))
+
+
+def _dciodvfy_errors(path: Path) -> list[str]:
+    exe = shutil.which("dciodvfy")
+    assert exe is not None, "dciodvfy (Debian dicom3tools) is not installed"
+    proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=120, check=False)
+    return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")]
+
+
+def test_seg_and_sr_of_every_visit_match_its_masks_and_measurements(sample_run: tuple[Path, int]) -> None:
+    out, _ = sample_run
+    rows = {(r["lesion_id"], visit_label(r["timepoint"], r["days_from_procedure"])): r
+            for r in _rows(out / "measurements.csv")}
+    visit_dirs = sorted(p.parent for p in out.glob("patients/*/*/*/vertebra.nii.gz"))
+    assert visit_dirs and sorted(p.parent for p in out.glob("patients/*/*/*/seg.dcm")) == visit_dirs
+    label = {s.name: s.label for s in STRUCTURES}
+    for vdir in visit_dirs:
+        lesion_id, visit = vdir.parent.name, vdir.name  # the sample's ids are safe path names as they are
+        t1_grid = sitk.ReadImage(str(vdir / "vertebra.nii.gz"))  # the vertebra is segmented on the T1 grid
+        seg = _seg_masks(vdir / "seg.dcm", t1_grid)
+        for name in ("vertebra", "cement", "ablation", "residual"):
+            if not (vdir / f"{name}.nii.gz").exists():
+                assert label[name] not in seg, (vdir, name)
+                continue
+            mask = sitk.ReadImage(str(vdir / f"{name}.nii.gz"))  # residual, ablation: on the DCE grid
+            on_t1 = sitk.Resample(mask, t1_grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+            differ = np.argwhere(seg[label[name]] != (sitk.GetArrayFromImage(on_t1) > 0))
+            assert all(_on_a_voxel_border(t1_grid, mask, kji) for kji in differ), (vdir, name, len(differ))
+        row = rows[(lesion_id, visit)]
+        content = hd.sr.srread(vdir / "sr.dcm").content
+        assert isinstance(content, hd.sr.MeasurementReport)
+        found = {(str(g.tracking_identifier).removeprefix(f"{lesion_id} "), m.name.meaning): float(m.value)
+                 for g in content.get_volumetric_roi_measurement_groups() for m in g.get_measurements()}
+        for spec in SR_MEASUREMENTS:
+            groups = ([label["residual"], label["ablation"]] if spec.structure == DCE_REGION
+                      else [label[spec.structure]])
+            values = [found.pop((g, spec.concept.meaning)) for g in groups if (g, spec.concept.meaning) in found]
+            assert [format_cell(v) for v in values] == ([row[spec.field]] if row[spec.field] else []), (vdir, spec)
+        assert found == {}, (vdir, found)  # nothing in the SR that the table does not hold
+        for name in ("seg.dcm", "sr.dcm"):
+            ds = pydicom.dcmread(vdir / name, stop_before_pixels=True)
+            assert ds.ClinicalTrialTimePointID == visit
+            assert _dciodvfy_errors(vdir / name) == [], vdir / name
