@@ -285,7 +285,7 @@ def child_inproc(export: Path, patient: str, work: Path, repeats: int, warmup: i
     from prefect.cache_policies import NO_CACHE
 
     from flows.patient import PatientOutcome, plan_patient, process_patient, prune_patient_folder
-    from flows.patient_flow import patient_flow, thread_runner
+    from flows.patient_flow import patient_flow, run_patient_flow, thread_runner
     from pipeline.ingest.catalog import Catalog
     from pipeline.ingest.registry import read_registry
     from pipeline.ingest.scan import scan_export
@@ -311,7 +311,7 @@ def child_inproc(export: Path, patient: str, work: Path, repeats: int, warmup: i
 
     def run_variant(width: int, out_dir: Path) -> tuple[PatientOutcome, float]:
         t0 = time.perf_counter()
-        outcome = variants[width](index, lesions, out_dir, settings, fp)
+        outcome = run_patient_flow(index, lesions, out_dir, settings, fp, flow=variants[width])
         return outcome, time.perf_counter() - t0
 
     process_task = task(name="process-patient", cache_policy=NO_CACHE)(run_variant)

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import platform
+import sqlite3
 import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -68,10 +69,10 @@ def scan_step(input_dir: Path, catalog_url: str, settings: Settings) -> ScanRepo
 def patient_step(index: PatientIndex, lesions: list[Lesion], output_dir: Path, settings: Settings,
                  fingerprint: str | None, corrections: dict[str, Corrections] | None = None) -> PatientOutcome:
     """One patient's flow; an unexpected error becomes indeterminate results with the reason (the batch goes on)."""
-    from flows.patient_flow import patient_flow
+    from flows.patient_flow import run_patient_flow
 
     try:
-        return patient_flow(index, lesions, output_dir, settings, fingerprint, corrections)
+        return run_patient_flow(index, lesions, output_dir, settings, fingerprint, corrections)
     except Exception as e:  # one patient's failure never stops the batch
         # the type only in the logs (messages can hold paths or header values); the details go to run.json
         log.error("patient processing failed with %s", type(e).__name__)
@@ -131,10 +132,11 @@ def hash_inputs(catalog_url: str, patient_ids: list[str]) -> dict[str, list[str]
 
 
 @io_task("read-review-corrections")
-def review_corrections(catalog_url: str) -> dict[tuple[str, str], Corrections]:
-    """(patient_id, lesion_id) -> the corrections QA reviewers put in force (``crav qa``); part of the fingerprint."""
+def review_corrections(catalog_url: str) -> tuple[dict[tuple[str, str], Corrections], list[str]]:
+    """(patient_id, lesion_id) -> the corrections QA reviewers put in force (``crav qa``; part of the
+    fingerprint), and why some could not be read (they are ignored: the other lesions' still apply)."""
     with ReviewStore.open(Path(catalog_url.removeprefix("sqlite:///"))) as store:
-        return store.corrections()
+        return store.corrections(), store.unreadable
 
 
 @io_task("index-patients")
@@ -164,7 +166,12 @@ def cohort_report(output_dir: Path, report: CohortReport, catalog_url: str, read
     """Write lesions.csv, measurements.csv, cohort_summary, files.csv and run.json (each atomically)."""
     write_lesions_csv(output_dir / "lesions.csv", report.results)
     write_measurements_csv(output_dir / "measurements.csv", report.rows)
-    apply_reviews(output_dir)  # the QA reviewers' verdicts on results that are still the ones they saw
+    try:
+        apply_reviews(output_dir)  # the QA reviewers' verdicts on results that are still the ones they saw
+    except (OSError, ValueError, sqlite3.Error) as e:  # the tables stand without them: say so, write the rest
+        log.error("QA verdicts not applied to measurements.csv: %s", type(e).__name__)
+        report.problems.append(f"QA verdicts not applied to measurements.csv ({type(e).__name__}: {e}); "
+                               "they are kept in the catalog: the next run applies them")
     table = cohort_summary_table(report.results, report.last_follow_up, reads, report.problems)
     write_cohort_summary(output_dir, table, cohort_markdown(table))
     atomic_write_text(output_dir / "files.csv", _file_accounting_csv(catalog_url))
@@ -243,7 +250,8 @@ def _run_locked(input_dir: Path, output_dir: Path, registry: Path, patients: lis
     if unknown:
         problems.append(f"--patient {', '.join(unknown)}: not in {registry.name}; nothing to do for them")
     digests = hash_inputs(catalog_url, sorted(p for p in by_patient if not patients or p in patients))
-    corrections = review_corrections(catalog_url)
+    corrections, unreadable = review_corrections(catalog_url)
+    problems.extend(unreadable)
     analysis_settings = settings.analysis_dict()
     report = CohortReport([], [], {}, problems, {}, {
         "started": started, "input": str(input_dir.resolve()), "registry": str(registry.resolve()),

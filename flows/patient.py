@@ -31,6 +31,8 @@ from pipeline.settings import Settings
 log = logging.getLogger(__name__)
 
 _REVIEW_SEED_RADIUS_MM = 5.0  # a reviewer's seed point grows the vertebral body from a ball this size
+_REVIEW_SEED_MAX_MM = 25.0  # a reviewer's seed picks the J0 cement mass within this distance (half a lumbar level)
+_SAME_MASS_MAX_MM = 25.0  # a later visit's cement mass lies within this of the J0 one (scanner coordinates)
 
 
 @dataclass
@@ -387,8 +389,13 @@ def analyse_lesion(les: Lesion, plan: PatientPlan, images: dict[str, StudyImages
     same_day = [x for x in plan.vertebral if x.procedure_date == les.procedure_date]
     rank = same_day.index(les)
     seed_mm = plan.corrections[les.lesion_id].seed_mm if les.lesion_id in plan.corrections else None
-    if seed_mm is not None and masses:  # a reviewer placed the seed: the cement mass nearest to it is this level's
-        j0_mass = min(masses, key=lambda m: float(np.linalg.norm(np.subtract(m.centroid_mm, seed_mm))))
+    if seed_mm is not None:  # a reviewer placed the seed: the cement mass nearest to it is this level's
+        nearest = _nearest_mass(masses, seed_mm, _REVIEW_SEED_MAX_MM)
+        if nearest is None:
+            return _indeterminate(les, f"J0: no cement mass within {_REVIEW_SEED_MAX_MM:.0f} mm of the vertebra seed a "
+                                       f"QA reviewer placed at ({seed_mm[0]:.1f}, {seed_mm[1]:.1f}, {seed_mm[2]:.1f}) "
+                                       "mm: place it in the treated vertebral body")
+        j0_mass = nearest
     elif len(masses) < len(same_day):
         return _indeterminate(les, f"J0: {len(masses)} cement mass(es) for {len(same_day)} treated level(s) "
                                    f"({j0_img.cement.reason})")
@@ -419,8 +426,9 @@ def analyse_lesion(les: Lesion, plan: PatientPlan, images: dict[str, StudyImages
         lv = LesionVisitResult(assign, img)
         is_pre = assign.days_from_procedure < 0
         landmark = j0_mass.centroid_mm  # no cement before treatment: start from the J0 position
-        if not is_pre:
-            found = _same_level_mass(img.cement.masses, len(same_day), rank, j0_mass.centroid_mm)
+        if not is_pre:  # a reviewer's choice of mass at J0 is followed by position, not by cranio-caudal rank
+            found = (_nearest_mass(img.cement.masses, j0_mass.centroid_mm, _SAME_MASS_MAX_MM) if seed_mm is not None
+                     else _same_level_mass(img.cement.masses, len(same_day), rank, j0_mass.centroid_mm))
             if found is not None:
                 lv.cement_mask = found.mask
                 landmark = found.centroid_mm
@@ -433,8 +441,12 @@ def analyse_lesion(les: Lesion, plan: PatientPlan, images: dict[str, StudyImages
                                           search_mm=0.0 if lv.cement_mask is not None else 15.0)
         if not np.isfinite(reg.metric):
             lv.notes.append(f"registration to J0 failed, initial alignment kept: {reg.reason}")
-        seed = lv.cement_mask if lv.cement_mask is not None else _sphere_seed(
-            img.t1, reg.transform.TransformPoint(j0_mass.centroid_mm), 6.0)
+        if seed_mm is not None:  # the reviewer's point, carried to this visit by the registration
+            seed = _sphere_seed(img.t1, reg.transform.TransformPoint(seed_mm), _REVIEW_SEED_RADIUS_MM)
+        elif lv.cement_mask is not None:
+            seed = lv.cement_mask
+        else:
+            seed = _sphere_seed(img.t1, reg.transform.TransformPoint(j0_mass.centroid_mm), 6.0)
         lv.to_j0 = reg.transform
         _analyse(lv, seed, is_pre, j0_lv, reg.transform, settings)
         per_visit.append(lv)
@@ -514,8 +526,18 @@ def process_patient(index: PatientIndex, lesions: list[Lesion], out_dir: Path, s
     return outcome
 
 
+def _nearest_mass(masses: list[cement.CementMass], point_mm: tuple[float, float, float],
+                  max_mm: float) -> cement.CementMass | None:
+    """The mass whose centroid is nearest to ``point_mm``, if within ``max_mm``."""
+    if not masses:
+        return None
+    pick = min(masses, key=lambda m: float(np.linalg.norm(np.subtract(m.centroid_mm, point_mm))))
+    return pick if float(np.linalg.norm(np.subtract(pick.centroid_mm, point_mm))) < max_mm else None
+
+
 def _same_level_mass(masses: list[cement.CementMass], n_levels: int, rank: int,
-                     j0_centroid_mm: tuple[float, float, float], max_mm: float = 25.0) -> cement.CementMass | None:
+                     j0_centroid_mm: tuple[float, float, float],
+                     max_mm: float = _SAME_MASS_MAX_MM) -> cement.CementMass | None:
     """This lesion's cement mass at a later visit, the way J0 mapped masses to levels.
 
     When the visit shows at least as many masses as levels treated that day, the largest
@@ -524,13 +546,10 @@ def _same_level_mass(masses: list[cement.CementMass], n_levels: int, rank: int,
     otherwise the mass nearest the J0 position. Either way it must lie within ``max_mm`` of the
     J0 position (scanner coordinates, which the repositioning shifts by a few millimetres).
     """
-    if len(masses) >= n_levels:
-        chosen = sorted(sorted(masses, key=lambda m: -m.volume_ml)[:n_levels], key=lambda m: -m.centroid_mm[2])
-        pick = chosen[rank]
-    elif masses:
-        pick = min(masses, key=lambda m: float(np.linalg.norm(np.subtract(m.centroid_mm, j0_centroid_mm))))
-    else:
-        return None
+    if len(masses) < n_levels:
+        return _nearest_mass(masses, j0_centroid_mm, max_mm)
+    chosen = sorted(sorted(masses, key=lambda m: -m.volume_ml)[:n_levels], key=lambda m: -m.centroid_mm[2])
+    pick = chosen[rank]
     return pick if float(np.linalg.norm(np.subtract(pick.centroid_mm, j0_centroid_mm))) < max_mm else None
 
 

@@ -14,7 +14,9 @@ recomputed (``state.json``), and hashing volumes to build cache keys would cost 
 
 from __future__ import annotations
 
+import json
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -84,14 +86,16 @@ _VISITS_IN_PARALLEL = 2
 
 @flow(name="crav-patient", task_runner=thread_runner(_VISITS_IN_PARALLEL), log_prints=False,
       validate_parameters=False, persist_result=False)
-def patient_flow(index: PatientIndex, lesions: list[Lesion], output_dir: Path, settings: Settings,
+def patient_flow(index_file: Path, lesions: list[Lesion], output_dir: Path, settings: Settings,
                  fingerprint: str | None = None, corrections: dict[str, Corrections] | None = None) -> PatientOutcome:
     """One patient end to end, into ``output_dir/patients/<patient>/``.
 
+    ``index_file``: the patient's :class:`PatientIndex` as JSON (see :func:`run_patient_flow`).
     Files an earlier analysis left there and this one did not write are deleted; with a
     ``fingerprint``, ``state.json`` is saved last (the incremental runs reuse it), so a patient
     killed midway has no state and is analysed again by the next run.
     """
+    index = read_index_task(index_file)
     plan = plan_patient(index, lesions, corrections)
     prepared = {uid: prepare_visit.submit(read_visit.submit(index, uid, date), settings,
                                           is_post_treatment(plan, uid))
@@ -116,3 +120,27 @@ def patient_flow(index: PatientIndex, lesions: list[Lesion], output_dir: Path, s
         save_state_task(folder / "state.json", fingerprint, outcome.results, outcome.measurements,
                         outcome.last_follow_up, outcome.problems)
     return outcome
+
+
+def _read_index(path: Path) -> PatientIndex:
+    return PatientIndex.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+read_index_task = io_task("read-patient-index")(_read_index)
+
+
+def run_patient_flow(index: PatientIndex, lesions: list[Lesion], output_dir: Path, settings: Settings,
+                     fingerprint: str | None = None, corrections: dict[str, Corrections] | None = None,
+                     flow: Any = None) -> PatientOutcome:
+    """Run :func:`patient_flow` (or ``flow``, one of its variants) on ``index``, handed over in a temporary file.
+
+    A flow's parameters are recorded by the Prefect server, which refuses more than 512 KB of
+    them: the index of a patient (its series and the path and digest of each of its files, a few
+    hundred bytes per file) exceeds that from a few thousand files, so the flow receives the
+    path of a JSON file instead. The file lies in this process's temporary folder, since the
+    flow runs in the process that calls it, and goes with it.
+    """
+    with tempfile.TemporaryDirectory(prefix="crav-patient-") as tmp:
+        path = Path(tmp) / "index.json"
+        path.write_text(json.dumps(index.to_json()), encoding="utf-8")
+        return (flow or patient_flow)(path, lesions, output_dir, settings, fingerprint, corrections)

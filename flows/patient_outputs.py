@@ -15,10 +15,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import SimpleITK as sitk
+from pydicom.dataset import Dataset
 
 from pipeline import __version__
 from pipeline.domain import Lesion, LesionResult, VisitMeasurement, visit_label
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     from flows.patient import LesionAnalysis, LesionVisitResult, PatientOutcome, PatientPlan, StudyImages
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: qa_status of a visit a reviewer excluded: measured and kept in measurements.csv, not used in the verdict
 EXCLUDED = "excluded"
@@ -80,7 +83,13 @@ def write_lesion(analysis: LesionAnalysis, out_dir: Path, settings: Settings,
         png = _view(written, f"{label} overlay", partial(_write_overlay, lv, vdir, title))
         if png is not None:
             written.visit_pngs.append((label, png))
-        _view(written, f"{label} DICOM SEG/SR", partial(_write_dicom, les, lv, vdir, row, label))
+        seg = _view(written, f"{label} DICOM SEG", partial(_write_seg, les, lv, vdir, label))
+        if seg is not None:  # kept even when its SR fails
+            written.files.append(vdir / "seg.dcm")
+            if _view(written, f"{label} DICOM SR", partial(
+                    write_sr, vdir / "sr.dcm", seg, lv.study.t1_files, row, lesion=les, timepoint=label,
+                    software_version=__version__)) is not None:
+                written.files.append(vdir / "sr.dcm")
     written.timeline_png = _view(written, "timeline", partial(_write_timeline, les, analysis.per_visit, j0, folder))
     for png in [written.timeline_png, *(p for _, p in written.visit_pngs)]:
         if png is not None:
@@ -91,18 +100,14 @@ def write_lesion(analysis: LesionAnalysis, out_dir: Path, settings: Settings,
     return written
 
 
-def _view(written: LesionWritten, what: str, make: Callable[[], Path | list[Path]]) -> Path | None:
-    """Run one view writer; a failure becomes a problem of the lesion, never a lost result."""
+def _view(written: LesionWritten, what: str, make: Callable[[], T]) -> T | None:
+    """Run one view writer; a failure becomes a problem of the lesion (None), never a lost result."""
     try:
-        out = make()
+        return make()
     except Exception as e:  # a view must never cost the lesion its results: record why, go on
         log.error("%s not written: %s", what, type(e).__name__)
         written.problems.append(f"{written.result.lesion.lesion_id} {what} not written: {type(e).__name__}: {e}")
         return None
-    if isinstance(out, list):
-        written.files.extend(out)
-        return None
-    return out
 
 
 def _masks(lv: LesionVisitResult) -> dict[str, sitk.Image | None]:
@@ -152,8 +157,8 @@ def _write_timeline(les: Lesion, per_visit: list[LesionVisitResult], j0: LesionV
     return path
 
 
-def _write_dicom(les: Lesion, lv: LesionVisitResult, vdir: Path, row: VisitMeasurement, label: str) -> list[Path]:
-    """``seg.dcm`` on the visit's T1 (residual and ablation resampled onto it) and ``sr.dcm`` referencing it."""
+def _write_seg(les: Lesion, lv: LesionVisitResult, vdir: Path, label: str) -> Dataset:
+    """``seg.dcm`` on the visit's T1 grid, residual and ablation resampled onto it (nearest neighbour)."""
     if not lv.study.t1_files:
         raise ValueError("the T1 series' files are not known")
     t1 = lv.study.t1
@@ -165,11 +170,8 @@ def _write_dicom(les: Lesion, lv: LesionVisitResult, vdir: Path, row: VisitMeasu
         arrays[name] = sitk.GetArrayFromImage(on_t1).astype(bool)
     if not any(a.any() for a in arrays.values()):
         raise ValueError("no structure was segmented at this visit")
-    seg = write_seg(vdir / "seg.dcm", lv.study.t1_files, t1, arrays, lesion_id=les.lesion_id, level=les.level,
-                    timepoint=label, software_version=__version__)
-    write_sr(vdir / "sr.dcm", seg, lv.study.t1_files, row, lesion=les, timepoint=label,
-             software_version=__version__)
-    return [vdir / "seg.dcm", vdir / "sr.dcm"]
+    return write_seg(vdir / "seg.dcm", lv.study.t1_files, t1, arrays, lesion_id=les.lesion_id, level=les.level,
+                     timepoint=label, software_version=__version__)
 
 
 def _classify_and_rows(les: Lesion, per_visit: list[LesionVisitResult], j0: LesionVisitResult, settings: Settings,

@@ -15,14 +15,17 @@ Example
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.domain import SeriesRole
 from pipeline.ingest.catalog_schema import (
     _SCHEMA,
     FILE_STATUSES,
@@ -78,6 +81,44 @@ class PatientIndex:
         members = sorted((s for s in self.series if s.dynamic_group == group_id),
                          key=lambda s: (s.dynamic_index if s.dynamic_index is not None else -1))
         return [p for s in members for p in self.files(s.series_uid)]
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON values (paths as text, undecodable bytes as surrogates); :meth:`from_json` reverses it."""
+        return {
+            "patient_id": self.patient_id,
+            "series": [{**asdict(s), "study_date": s.study_date.isoformat() if s.study_date else None,
+                        "role": s.role.value} for s in self.series],
+            "studies": [{**asdict(s), "study_date": s.study_date.isoformat() if s.study_date else None,
+                         "modalities": list(s.modalities)} for s in self.studies],
+            "series_files": {uid: [os.fspath(p) for p in paths] for uid, paths in self.series_files.items()},
+            "missing_reason": self.missing_reason,
+            "file_sha256": {os.fspath(p): d for p, d in self.file_sha256.items()},
+            "root": os.fspath(self.root) if self.root is not None else None,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PatientIndex:
+        """The index :meth:`to_json` wrote.
+
+        Raises
+        ------
+        KeyError, ValueError, TypeError
+            If ``data`` is not such an index.
+        """
+        def day(text: str | None) -> dt.date | None:
+            return dt.date.fromisoformat(text) if text else None
+
+        return cls(
+            str(data["patient_id"]),
+            tuple(SeriesRecord(**{**s, "study_date": day(s["study_date"]), "role": SeriesRole(s["role"])})
+                  for s in data["series"]),
+            tuple(StudyRecord(**{**s, "study_date": day(s["study_date"]), "modalities": tuple(s["modalities"])})
+                  for s in data["studies"]),
+            {uid: tuple(Path(p) for p in paths) for uid, paths in data["series_files"].items()},
+            data["missing_reason"],
+            {Path(p): str(d) for p, d in data["file_sha256"].items()},
+            Path(data["root"]) if data["root"] is not None else None,
+        )
 
 
 _BUSY_TIMEOUT_S = 30.0  # how long a connection waits for another one's write to end

@@ -151,7 +151,8 @@ def read_source_series(files: Sequence[str | os.PathLike[str]], reference: sitk.
     nx, ny, nz = reference.GetSize()
     planes: list[tuple[str, tuple[float, float, float]]] = []
     for ds in datasets:
-        for label, ipp, iop, rows, cols in _planes(ds, Path(str(ds.filename or "source")).name):
+        name = str(ds.filename or "source").replace(os.sep, "/").rsplit("/", 1)[-1]  # the file read: no header
+        for label, ipp, iop, rows, cols in _planes(ds, name):
             if ipp is None or iop is None or len(ipp) != 3 or len(iop) != 6:
                 raise ValueError(f"{label}: no ImagePositionPatient / ImageOrientationPatient: it cannot be placed")
             iop_f = np.array([float(v) for v in iop])

@@ -30,10 +30,12 @@ from pipeline.ingest.headers import quiet_pydicom
 from pipeline.outputs.atomic import atomic_path
 
 __all__ = [
+    "COPIED_FROM_SOURCE",
     "MANUFACTURER",
     "PRIVATE_SCHEME",
     "TIME_ATTRIBUTES",
     "content_digest",
+    "copied_values",
     "deterministic_uid",
     "private_code",
     "save_dataset",
@@ -140,6 +142,21 @@ def content_digest(*parts: str | bytes) -> str:
         h.update(len(data).to_bytes(8, "little"))
         h.update(data)
     return h.hexdigest()
+
+
+#: Source attributes a SEG copies (Patient, General Study, Clinical Trial modules): part of its content digest,
+#: so that a re-export correcting one of them (a misspelt name) gives a new object, not a clash of UIDs.
+COPIED_FROM_SOURCE: tuple[str, ...] = (
+    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "PatientAge",
+    "OtherPatientIDs", "StudyInstanceUID", "StudyID", "StudyDate", "StudyTime", "AccessionNumber",
+    "ReferringPhysicianName", "StudyDescription", "ClinicalTrialSponsorName", "ClinicalTrialProtocolID",
+    "ClinicalTrialSiteID", "ClinicalTrialSubjectID",
+)
+
+
+def copied_values(ds: Dataset) -> list[str]:
+    """``keyword=value`` of each :data:`COPIED_FROM_SOURCE` attribute of ``ds`` (empty when absent)."""
+    return [f"{kw}={ds.get(kw, '')}" for kw in COPIED_FROM_SOURCE]
 
 
 def deterministic_uid(*parts: str) -> str:

@@ -50,6 +50,7 @@ from pipeline.ingest.source_series import read_source_series
 from pipeline.outputs.dicom_common import (
     MANUFACTURER,
     content_digest,
+    copied_values,
     deterministic_uid,
     save_dataset,
     series_number,
@@ -251,6 +252,7 @@ def write_seg(
     stacked = np.stack([arr for _, arr in checked], axis=-1).astype(np.uint8)
     digest = content_digest(
         "SEG/1", software_version, lesion_id, level_name, timepoint, source.series_uid, *source.sop_uids,
+        *copied_values(source.datasets[0]),
         *(part for s, arr in checked for part in (s.name, repr(arr.shape), np.packbits(arr).tobytes())),
     )
     seg = hd.seg.Segmentation(

@@ -22,8 +22,10 @@ Codes: SCT 118565006 "Volume", DCM 113069 "Time To Peak", DCM 126312 "Ktrans"; D
 none for vertebral heights, height loss, Genant grade, the maximum relative enhancement nor
 the registration error: those are ``99CRAV`` codes, declared in
 CodingSchemeIdentificationSequence. ClinicalTrialTimePointID holds the visit; the Preliminary
-Flag is FINAL once a QA reviewer accepted the visit (``qa_status`` ``accepted``), else
-PRELIMINARY. UIDs are content hashes (:mod:`pipeline.outputs.dicom_common`).
+Flag is FINAL for a measurement whose ``qa_status`` is ``accepted``, else PRELIMINARY. The run
+writes the SR when it analyses the visit, before any review: its SRs are PRELIMINARY, and a
+verdict given later in ``crav qa`` goes to the catalog and ``measurements.csv``, not into an
+SR already written. UIDs are content hashes (:mod:`pipeline.outputs.dicom_common`).
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("height_loss_pct", "Height loss (%)"),
     ("genant_grade", "Genant grade"),
     ("registration_error_mm", "Reg. error (mm)"),
-    ("qa_status", "QA"),
+    ("qa_status", "QA at analysis"),  # a later review verdict is in measurements.csv and crav qa
 )
 #: Provenance keys with a dedicated layout; any other key is shown generically.
 _PROVENANCE_KNOWN = ("generated_by", "software", "settings", "series")

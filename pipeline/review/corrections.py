@@ -75,8 +75,8 @@ class Corrections:
     exclude_visits
         Visit labels to leave out (``M3``, ``UNSCHEDULED_+45d``); kept sorted and unique.
     seed_mm
-        Where the treated vertebral body is, in the J0 T1's patient coordinates (LPS, mm);
-        ``None`` to let the pipeline find it.
+        Where the treated vertebral body is, in the J0 T1's patient coordinates (LPS, mm),
+        rounded to 0.1 mm; ``None`` to let the pipeline find it.
 
     Raises
     ------
@@ -102,7 +102,7 @@ class Corrections:
             for axis, v in zip("xyz", seed, strict=True):
                 if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
                     raise ValueError(f"seed_mm: the {axis} coordinate must be a finite number of mm, got {v!r}")
-                values.append(float(v))
+                values.append(round(float(v), 1))  # 0.1 mm, as the form shows it: finer than any voxel
             object.__setattr__(self, "seed_mm", (values[0], values[1], values[2]))
 
     def __bool__(self) -> bool:

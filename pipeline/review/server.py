@@ -124,7 +124,8 @@ def _record_verdict(qa: _QA, payload: Mapping[str, Any]) -> JSONResponse:
         pid, lid = _text(payload, "patient_id", True), _text(payload, "lesion_id", True)
         status, comment = _text(payload, "status", True), _text(payload, "comment")
         reviewer, key = _text(payload, "reviewer"), _text(payload, "result_key", True)
-        corrections = Corrections.from_json(payload.get("corrections"))
+        # an acceptance keeps the corrections in force: only a rejection sets them
+        corrections = Corrections.from_json(payload.get("corrections")) if status == "rejected" else None
     except ValueError as exc:
         return _bad(str(exc))
     try:
@@ -136,7 +137,7 @@ def _record_verdict(qa: _QA, payload: Mapping[str, Any]) -> JSONResponse:
         return _bad("this lesion is not in lesions.csv (was the output folder re-run?)", 404)
     rows = tables.rows(pid, lid)
     labels = {visit_label(r.get("timepoint", ""), r.get("days_from_procedure")) for r in rows}
-    unknown = [v for v in corrections.exclude_visits if v not in labels]
+    unknown = [v for v in corrections.exclude_visits if v not in labels] if corrections else []
     if unknown:
         return _bad(f"exclude_visits: {', '.join(unknown)} is not a visit of this lesion")
     with qa.verdict_lock:

@@ -32,6 +32,7 @@ import csv
 import datetime as dt
 import hashlib
 import json
+import logging
 import re
 import sqlite3
 import threading
@@ -43,6 +44,8 @@ from typing import Any
 from pipeline.outputs.atomic import atomic_open
 from pipeline.outputs.tables import LESION_COLUMNS
 from pipeline.review.corrections import Corrections, visit_label, visit_sort_key
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ACCEPTED",
@@ -132,6 +135,7 @@ class ReviewStore:
     def __init__(self, connection: sqlite3.Connection) -> None:
         self._db = connection
         self._lock = threading.Lock()
+        self.unreadable: list[str] = []  # why some lesion's corrections were ignored by :meth:`corrections`
 
     @classmethod
     def open(cls, db_path: str | Path) -> ReviewStore:
@@ -253,7 +257,13 @@ class ReviewStore:
         """The corrections in force: ``(patient_id, lesion_id) -> Corrections``, lesions without any left out."""
         with self._lock:
             rows = self._db.execute("SELECT patient_id, lesion_id, corrections_json FROM qa_corrections").fetchall()
-        found = {(r["patient_id"], r["lesion_id"]): Corrections.from_json(r["corrections_json"]) for r in rows}
+        found: dict[tuple[str, str], Corrections] = {}
+        for r in rows:
+            try:
+                found[(r["patient_id"], r["lesion_id"])] = Corrections.from_json(r["corrections_json"])
+            except ValueError as exc:  # a row edited by hand: the other lesions' corrections still apply
+                log.error("QA corrections of one lesion not readable, ignored: %s", exc)
+                self.unreadable.append(f"{r['lesion_id']}: QA corrections not readable, ignored ({exc})")
         return {k: c for k, c in sorted(found.items()) if c}
 
     def corrections_for(self, patient_id: str, lesion_id: str) -> Corrections:

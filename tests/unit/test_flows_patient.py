@@ -86,6 +86,22 @@ def test_follow_up_cement_is_matched_by_level_order_not_by_nearest() -> None:
     assert _same_level_mass([upper], 2, 1, (0.0, 0.0, 0.0)) is None
 
 
+def test_a_reviewers_seed_picks_the_nearest_mass_within_reach() -> None:
+    """The mass a QA reviewer's seed designates, and at later visits the one nearest to it, whatever the ranks."""
+    import SimpleITK as sitk
+
+    from flows.patient import _nearest_mass
+    from pipeline.segmentation.cement import CementMass
+
+    empty = sitk.Image(2, 2, 2, sitk.sitkUInt8)
+    upper = CementMass(1, (0.0, 0.0, 43.0), 5.0, empty)
+    lower = CementMass(2, (0.0, 0.0, 15.0), 4.0, empty)
+    assert _nearest_mass([upper, lower], (3.0, -4.0, 20.0), 25.0) is lower  # 7.1 mm away, the upper 23.5
+    assert _nearest_mass([upper, lower], (0.0, 0.0, 40.0), 25.0) is upper
+    assert _nearest_mass([upper, lower], (0.0, 0.0, -12.0), 25.0) is None  # 27 mm from the nearest: out of reach
+    assert _nearest_mass([], (0.0, 0.0, 0.0), 25.0) is None
+
+
 def test_tissue_enhancing_since_j0_is_not_a_new_nodule() -> None:
     """A structure that enhanced at J0 outside the residual (outside the body's margin) is not new later."""
     import numpy as np

@@ -170,7 +170,8 @@
       try {
         body = {patient_id: data.patient_id, lesion_id: data.lesion_id, status: status, result_key: data.result_key,
                 comment: comment.value, reviewer: reviewer.value,
-                corrections: corrections()};
+                // an acceptance keeps the corrections in force: only a rejection sends them
+                corrections: status === "rejected" ? corrections() : null};
       } catch (e) {
         say(e.message, true);
         return;

@@ -326,6 +326,14 @@ def test_changed_content_changes_the_uids(tmp_path: Path, series: tuple[list[Pat
     assert sr3.SOPInstanceUID != sr.SOPInstanceUID and sr3.SeriesInstanceUID != sr.SeriesInstanceUID
     _, sr4 = _write_pair(tmp_path / "d", files, reference, meas=measurement(qa_status="accepted"))
     assert sr4.PreliminaryFlag == "FINAL" and sr4.SOPInstanceUID != sr.SOPInstanceUID
+    # a re-export that corrects the patient's name: same images, same masks, but another object
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.PatientName = "Corrected^Name"
+        ds.save_as(path, enforce_file_format=True)
+    seg5, sr5 = _write_pair(tmp_path / "e", files, reference)
+    assert seg5.PatientName == "Corrected^Name"
+    assert seg5.SOPInstanceUID != seg.SOPInstanceUID and sr5.SOPInstanceUID != sr.SOPInstanceUID
 
 
 def test_every_standard_code_is_the_standard_s() -> None:

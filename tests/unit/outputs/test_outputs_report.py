@@ -222,9 +222,9 @@ def test_lesion_sections_verdict_reason_and_measurements() -> None:
     m1 = dict(zip(headers[1:], (td.text() for td in visits[2].find_all("td")), strict=True))
     assert m1["Study date"] == "2021-07-16" and m1["Day"] == "31"
     assert m1["Residual enh. (mL)"] == "1.285" and m1["Time to peak (s)"] == "80"
-    assert m1["Height ant. (mm)"] == "16.563" and m1["Cement (mL)"] == "" and m1["QA"] == "pending"
+    assert m1["Height ant. (mm)"] == "16.563" and m1["Cement (mL)"] == "" and m1["QA at analysis"] == "pending"
     m3 = dict(zip(headers[1:], (td.text() for td in visits[3].find_all("td")), strict=True))
-    assert m3["Height ant. (mm)"] == "22" and m3["QA"] == "rejected" and "rejected" in visits[3].classes()
+    assert m3["Height ant. (mm)"] == "22" and m3["QA at analysis"] == "rejected" and "rejected" in visits[3].classes()
     assert [tr.text() for tr in table.find_all("tr", "notes")] == ["M1 notes: DCE motion corrected"]
     assert "P-L1 M1: DCE motion corrected" in [li.text() for li in dom.find("ul", "warnings").find_all("li")]
 

@@ -260,20 +260,29 @@ def test_accept_then_reject_with_corrections(out: Path, client: TestClient) -> N
     with ReviewStore.open(out / "catalog.sqlite") as store:
         history = store.history(PID, LID)
         assert [r.status for r in history] == ["accepted", "rejected"]
-        assert store.corrections()[(PID, LID)].to_json() == corrections
+        assert store.corrections()[(PID, LID)].to_json() == {**corrections, "seed_mm": [1.5, -20.2, 30.0]}  # 0.1 mm
+    # accepting the re-processed lesion keeps its corrections, whatever the request carries along
+    status, answer = _post(client, _verdict(out, "accepted", corrections={"exclude_visits": [], "seed_mm": None}))
+    assert status == 200 and answer["status"] == "accepted"
+    with ReviewStore.open(out / "catalog.sqlite") as store:
+        assert store.corrections()[(PID, LID)].to_json() == {**corrections, "seed_mm": [1.5, -20.2, 30.0]}
+    status, answer = _post(client, _verdict(out, "rejected", comment=f"bad M3 {XSS}", corrections=corrections))
+    assert status == 200 and answer["status"] == "rejected"
     html = client.get(_lesion_path()).text
     assert "bad M3 &lt;script&gt;" in html and "exclude UNSCHEDULED_+45d" in html
     assert 'value="-20.2"' in html or 'value="-20.3"' in html  # the seed pre-filled
     assert re.search(r"rejected: <b>1</b>", client.get("/").text)
 
 
+REJECT = {"status": "rejected", "comment": "wrong level"}
+
+
 @pytest.mark.parametrize(("extra", "code", "match"), [
     ({"status": "rejected"}, 400, "a rejection needs a comment"),
     ({"status": "maybe"}, 400, "status must be"),
-    ({"corrections": {"exclude_visits": ["J0"]}}, 400, "J0 cannot be excluded"),
-    ({"corrections": {"exclude_visits": ["M12"]}}, 400, "M12 is not a visit of this lesion"),
-    ({"corrections": {"exclude_visits": ["M3"]}}, 400, "an acceptance keeps the corrections"),
-    ({"corrections": {"seed_mm": [1, 2]}}, 400, "three coordinates"),
+    ({**REJECT, "corrections": {"exclude_visits": ["J0"]}}, 400, "J0 cannot be excluded"),
+    ({**REJECT, "corrections": {"exclude_visits": ["M12"]}}, 400, "M12 is not a visit of this lesion"),
+    ({**REJECT, "corrections": {"seed_mm": [1, 2]}}, 400, "three coordinates"),
     ({"comment": 5}, 400, "comment must be text"),
     ({"lesion_id": "nope"}, 404, "not in lesions.csv"),
     ({"result_key": "0" * 64}, 409, "changed since the page was loaded"),
