@@ -227,7 +227,9 @@ def test_two_dask_workers_compute_each_patient_once_with_the_results_of_one_proc
         assert all(r.state is not None and r.state.is_completed() and r.run_count == 1 for r in runs), [
             (r.name, r.state_type, r.run_count) for r in runs]
     # a subflow per patient, each called from its own process-patient task run
-    assert sorted(fr.parameters["index"]["patient_id"] for fr in server.subflows) == cohort.patients
+    assert sorted(fr.parameters["lesions"][0]["patient_id"] for fr in server.subflows) == cohort.patients
+    # the patient's file index reached each subflow as the path of a JSON file, not as a parameter
+    assert all(isinstance(fr.parameters["index_file"], str) for fr in server.subflows)
     called_from = {tr.id: [p.id for p in tr.task_inputs.get("__parents__", [])] for tr in server.subflow_tasks}
     assert sorted(p for parents in called_from.values() for p in parents) == sorted(
         tr.id for tr in server.patient_tasks), called_from
