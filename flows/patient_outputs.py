@@ -74,7 +74,8 @@ def write_lesion(analysis: LesionAnalysis, out_dir: Path, settings: Settings,
     """
     les, j0 = analysis.lesion, analysis.j0
     folder = lesion_folder(out_dir, les)
-    written = LesionWritten(*_classify_and_rows(les, analysis.per_visit, j0, settings, excluded_visits), [])
+    result, rows = _classify_and_rows(les, analysis.per_visit, j0, settings, excluded_visits)
+    written = LesionWritten(result, rows, None, [])
     for lv, row in zip(analysis.per_visit, written.rows, strict=True):
         label = visit_label(lv.visit.visit, lv.visit.days_from_procedure)
         vdir = folder / label
@@ -175,7 +176,7 @@ def _write_seg(les: Lesion, lv: LesionVisitResult, vdir: Path, label: str) -> Da
 
 
 def _classify_and_rows(les: Lesion, per_visit: list[LesionVisitResult], j0: LesionVisitResult, settings: Settings,
-                       excluded: frozenset[str]) -> tuple[LesionResult, list[VisitMeasurement], dt.date | None]:
+                       excluded: frozenset[str]) -> tuple[LesionResult, list[VisitMeasurement]]:
     rows: list[VisitMeasurement] = []
     summaries: list[classify.VisitSummary] = []
     for lv in per_visit:
@@ -220,7 +221,7 @@ def _classify_and_rows(les: Lesion, per_visit: list[LesionVisitResult], j0: Lesi
     result = LesionResult(les, verdict.j0_residual, verdict.j0_residual_volume_ml, verdict.outcome,
                           verdict.failure_timepoint, verdict.baseline_fracture, verdict.height_loss,
                           verdict.max_height_loss_pct, verdict.reason)
-    return result, rows, None
+    return result, rows
 
 
 def _f(x: object) -> float | None:

@@ -28,10 +28,8 @@ import datetime as dt
 import functools
 import json
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +40,7 @@ from pipeline.domain import LesionResult, Visit, VisitMeasurement
 from pipeline.outputs.atomic import atomic_write_text
 from pipeline.outputs.palette import STRUCTURES
 from pipeline.outputs.report_plot import timeline_plot_png, timepoint_label
-from pipeline.outputs.tables import format_cell
+from pipeline.outputs.tables import format_cell, jsonable
 
 __all__ = ["TABLE_COLUMNS", "PatientReport", "ReportLesion", "ReportSeries", "render_report", "write_report"]
 
@@ -132,21 +130,7 @@ def _with_unit(value: float | None, unit: str) -> str:
 
 def _plain(value: Any) -> Any:
     """A JSON-able copy of ``value`` (dates ISO, enums by value, sets sorted, unknown types as text)."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, Enum):
-        return _plain(value.value)
-    if isinstance(value, dt.date | Path):
-        return format_cell(value) if isinstance(value, dt.date) else os.fspath(value)
-    if isinstance(value, Mapping):
-        return {str(_plain(k)): _plain(v) for k, v in value.items()}
-    if isinstance(value, set | frozenset):
-        return [_plain(v) for v in sorted(value, key=str)]
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if hasattr(value, "item"):  # numpy scalars
-        return _plain(value.item())
-    return str(value)
+    return jsonable(value, str)
 
 
 def _text(value: Any) -> str:

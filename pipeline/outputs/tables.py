@@ -13,7 +13,7 @@ import datetime as dt
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ __all__ = [
     "LESION_COLUMNS",
     "MEASUREMENT_COLUMNS",
     "format_cell",
+    "jsonable",
     "write_cohort_summary",
     "write_json",
     "write_lesions_csv",
@@ -142,27 +143,32 @@ def write_measurements_csv(path: str | os.PathLike[str], rows: Sequence[domain.V
     _write_csv(path, header, (row(m) for m in rows))
 
 
-def _jsonable(value: Any) -> Any:
-    """Plain JSON values: NaN/inf -> null, enums by value, dates ISO, numpy scalars unwrapped."""
+def jsonable(value: Any, unknown: Callable[[Any], Any] | None = None) -> Any:
+    """Plain JSON values: NaN/inf -> null, enums by value, dates ISO, numpy scalars unwrapped.
+
+    ``unknown``: what a value of any other type becomes (e.g. ``str``); by default a ``TypeError``.
+    """
     if value is None or isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, Enum):
-        return _jsonable(value.value)
+        return jsonable(value.value, unknown)
     if isinstance(value, dt.date):
         return value.isoformat()
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, Mapping):
-        return {str(_jsonable(k)): _jsonable(v) for k, v in value.items()}
+        return {str(jsonable(k, unknown)): jsonable(v, unknown) for k, v in value.items()}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _jsonable(dataclasses.asdict(value))
+        return jsonable(dataclasses.asdict(value), unknown)
     if isinstance(value, list | tuple | set | frozenset):
         items = sorted(value, key=str) if isinstance(value, set | frozenset) else value
-        return [_jsonable(v) for v in items]
+        return [jsonable(v, unknown) for v in items]
     if hasattr(value, "tolist"):  # numpy arrays and scalars
-        return _jsonable(value.tolist())
+        return jsonable(value.tolist(), unknown)
+    if unknown is not None:
+        return unknown(value)
     raise TypeError(f"cannot write a {type(value).__name__} to JSON: {value!r}")
 
 
@@ -174,7 +180,7 @@ def write_json(path: str | os.PathLike[str], data: Any) -> None:
     TypeError
         If ``data`` holds a value with no JSON form.
     """
-    text = json.dumps(_jsonable(data), indent=2, ensure_ascii=False, allow_nan=False)
+    text = json.dumps(jsonable(data), indent=2, ensure_ascii=False, allow_nan=False)
     atomic_write_text(path, text + "\n")
 
 
@@ -196,6 +202,6 @@ def write_cohort_summary(out_dir: str | os.PathLike[str], table: Mapping[str, An
         If ``table`` holds a value with no JSON form (checked before anything is written).
     """
     out = Path(out_dir)
-    text = json.dumps(_jsonable(table), indent=2, ensure_ascii=False, allow_nan=False)
+    text = json.dumps(jsonable(table), indent=2, ensure_ascii=False, allow_nan=False)
     atomic_write_text(out / "cohort_summary.json", text + "\n")
     atomic_write_text(out / "cohort_summary.md", markdown if markdown.endswith("\n") else markdown + "\n")
